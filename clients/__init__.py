@@ -1,0 +1,27 @@
+"""Client side: honest and malicious behaviours, chosen per partition by name."""
+
+from clients.base import (
+    BEHAVIOURS,
+    Behaviour,
+    ClientContext,
+    Honest,
+    NoParams,
+    get_behaviour,
+    register_behaviour,
+)
+from clients.training import local_train
+from clients import faults as _faults  # noqa: E402,F401
+
+# Built-in attacks register themselves on import; keep this list in sync with clients/*.py.
+from clients import attacks as _attacks  # noqa: E402,F401
+
+__all__ = [
+    "BEHAVIOURS",
+    "Behaviour",
+    "ClientContext",
+    "Honest",
+    "NoParams",
+    "get_behaviour",
+    "register_behaviour",
+    "local_train",
+]

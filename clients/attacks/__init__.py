@@ -1,0 +1,1 @@
+"""Built-in attacks; each module registers its behaviours on import."""

@@ -1,0 +1,19 @@
+"""fedsec: federated-learning simulation for security research."""
+
+from fedsec.scenario import Scenario, ScenarioError, load_scenario
+
+
+def __getattr__(name: str):
+    # Lazy: importing fedsec (e.g. for Scenario) must not start loading Flower and Ray.
+    if name == "run":
+        from fedsec.api import run
+
+        return run
+    if name == "FederationResult":
+        from fedsec.federation.server import FederationResult
+
+        return FederationResult
+    raise AttributeError(f"module 'fedsec' has no attribute {name!r}")
+
+
+__all__ = ["Scenario", "ScenarioError", "load_scenario", "run"]

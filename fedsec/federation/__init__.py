@@ -1,0 +1,1 @@
+"""Flower glue: the ClientApp, the ServerApp main, and the engines that run them."""

@@ -1,0 +1,90 @@
+"""The ClientApp: every simulated client, honest or not, runs this.
+
+The scenario travels in each message's ConfigRecord (``scenario``, TOML
+text), so the same ClientApp works under every engine and under ``flwr run``;
+the partition id comes from the node's config (``partition-id``), as in
+Flower's simulation runtime.
+"""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from clients import BEHAVIOURS, ClientContext, Honest, local_train
+from fedsec.federation.env import dataset_of, device_of, new_model, partitions_of, scenario_from_toml
+from fedsec.seeding import generator, scoped_seed, torch_threads
+
+client_app = ClientApp()
+
+
+def _partition_id(context: Context) -> int:
+    try:
+        return int(context.node_config["partition-id"])
+    except KeyError:
+        raise KeyError("node_config lacks 'partition-id': start SuperNodes with "
+                       "--node-config 'partition-id=<i> num-partitions=<n>'") from None
+
+
+@client_app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Discovery: tell the server which partition this node holds."""
+    pid = _partition_id(context)
+    return Message(RecordDict({"info": ConfigRecord({"partition-id": pid})}), reply_to=msg)
+
+
+@client_app.train()
+def train(msg: Message, context: Context) -> Message:
+    cfg = msg.content["config"]
+    scenario = scenario_from_toml(str(cfg["scenario"]))
+    rnd = int(cfg["server-round"])
+    pid = _partition_id(context)
+    metrics = train_partition(
+        scenario, pid, rnd, int(cfg.get("num-sampled", scenario.data.num_clients)),
+        msg.content["arrays"],
+    )
+    arrays, stats = metrics
+    return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(stats)}), reply_to=msg)
+
+
+def train_partition(scenario, pid: int, rnd: int, num_sampled: int, arrays: ArrayRecord):
+    """One client's round: rebuild the model, run its behaviour, return (arrays, metrics)."""
+    data = dataset_of(scenario)
+    local = data.train.subset(partitions_of(scenario)[pid])
+    device = device_of(scenario)
+    role = scenario.role(pid, rnd)
+    if role is None:
+        behaviour, coalition = Honest(), (pid,)
+    else:
+        behaviour = BEHAVIOURS.get(role.behaviour).from_params(role.params)
+        coalition = tuple(sorted(role.partitions))
+    global_state = arrays.to_torch_state_dict()
+    model = new_model(scenario)
+    model.load_state_dict(global_state)
+    model.to(device)
+    ctx = ClientContext(
+        partition_id=pid,
+        server_round=rnd,
+        num_clients=scenario.data.num_clients,
+        num_sampled=num_sampled,
+        num_classes=data.num_classes,
+        in_shape=data.in_shape,
+        coalition=coalition,
+        generator=generator(scenario.run.seed, "client", rnd, pid),
+        device=device,
+        global_state={k: v.to(device) for k, v in global_state.items()},
+        server_lr=scenario.server.server_lr,
+    )
+    c = scenario.client
+    # Thread count and the global RNG are pinned per call so the result is the same
+    # whichever engine or process runs it (dropout in user models draws from the global RNG).
+    with torch_threads(scenario.run.threads), scoped_seed(scenario.run.seed, "client-rng", rnd, pid):
+        stats = local_train(
+            model, local, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr, momentum=c.momentum,
+            weight_decay=c.weight_decay, behaviour=behaviour, ctx=ctx,
+        )
+    stats = {k: float(v) for k, v in stats.items()}
+    stats["partition-id"] = float(pid)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return ArrayRecord(state), stats

@@ -1,0 +1,175 @@
+"""Engine ``ray``: Flower's Message API executed by a pool of long-lived Ray actors.
+
+The ServerApp main and the ClientApp are Flower's; only the transport
+differs from Flower's simulation runtime: :class:`~fedsec.federation.engines.LocalGrid`
+hands each message straight to a free actor (``ray.wait`` load balancing)
+instead of going through the SuperLink's link state and its polling loop.
+Each actor imports the ClientApp once and keeps the dataset, partitions and
+parsed scenario cached across calls (``fedsec.federation.env``). A round's
+messages share one RecordDict (the global model), which is put in Ray's
+object store once per round rather than pickled once per client.
+
+Failures: an exception in the ClientApp becomes Flower's error reply inside
+the actor; an actor that dies yields an error reply for its message and is
+replaced, and the round goes on with the others.
+
+Cluster: ``run.ray_address`` (or ``$RAY_ADDRESS``) joins an existing cluster;
+the pool size follows from the CPUs/GPUs Ray reports and ``run.num_cpus`` /
+``run.num_gpus`` per client. fedsec must be importable on every node.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+from typing import Any
+
+from flwr.app import Context, Message
+
+from fedsec.federation.engines import LocalGrid, ServerMain, _server_context, error_reply, register_engine
+
+_POOL: dict[str, Any] = {}
+
+
+def _ray():
+    import ray
+
+    return ray
+
+
+def ensure_ray(address: str = "") -> None:
+    ray = _ray()
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "WARNING",
+                              "log_to_driver": True, "configure_logging": True}
+    if address:
+        kwargs["address"] = address
+    ray.init(**kwargs)
+    atexit.register(shutdown)
+
+
+def shutdown() -> None:
+    for actor in _POOL.pop("actors", []):
+        try:
+            _ray().kill(actor)
+        except Exception:
+            pass
+    _POOL.clear()
+    if _ray().is_initialized():
+        _ray().shutdown()
+
+
+class _Worker:
+    """Runs the ClientApp; one per pool slot, kept alive across rounds and runs."""
+
+    def __init__(self) -> None:
+        from fedsec.federation.client import client_app
+
+        self.app = client_app
+
+    def ping(self) -> bool:
+        return True
+
+    def call(self, message: Message, content: Any, context: Context) -> tuple[Message, Context]:
+        if content is not None:
+            message.content = content
+        try:
+            reply = self.app(message, context)
+        except Exception as e:  # becomes Flower's error reply; the round goes on
+            reply = error_reply(message, e)
+        return reply, context
+
+
+def pool_size(num_cpus: float, num_gpus: float) -> int:
+    res = _ray().cluster_resources()
+    by_cpu = int(res.get("CPU", 1) // num_cpus) if num_cpus > 0 else 1 << 30
+    by_gpu = int(res.get("GPU", 0) // num_gpus) if num_gpus > 0 else 1 << 30
+    n = min(by_cpu, by_gpu)
+    if n < 1:
+        raise RuntimeError(
+            f"Ray reports {res.get('CPU', 0)} CPUs / {res.get('GPU', 0)} GPUs: not enough for one client "
+            f"with run.num_cpus={num_cpus}, run.num_gpus={num_gpus}"
+        )
+    return n
+
+
+class ActorPool:
+    def __init__(self, num_cpus: float, num_gpus: float, size: int) -> None:
+        ray = _ray()
+        self.cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)(_Worker)
+        self.actors = [self.cls.remote() for _ in range(size)]
+        ray.get([a.ping.remote() for a in self.actors])
+        self.replaced = 0
+
+    def replace(self, dead) -> Any:
+        fresh = self.cls.remote()
+        self.actors[self.actors.index(dead)] = fresh
+        self.replaced += 1
+        return fresh
+
+    def run(self, messages: list[Message], contexts: list[Context], on_reply=None) -> list[Message]:
+        ray = _ray()
+        # One object-store copy of each distinct payload (FedAvg sends the same RecordDict to all).
+        refs: dict[int, Any] = {}
+        for m in messages:
+            if id(m.content) not in refs:
+                refs[id(m.content)] = ray.put(m.content)
+        replies: list[Message | None] = [None] * len(messages)
+        pending = list(range(len(messages)))
+        running: dict[Any, tuple[int, Any]] = {}
+        idle = list(self.actors)
+        while pending or running:
+            while pending and idle:
+                i, actor = pending.pop(0), idle.pop()
+                m = messages[i]
+                shell = _without_content(m)
+                ref = actor.call.remote(shell, refs[id(m.content)], contexts[i])
+                running[ref] = (i, actor)
+            done, _ = ray.wait(list(running), num_returns=1)
+            for ref in done:
+                i, actor = running.pop(ref)
+                try:
+                    reply, ctx = ray.get(ref)
+                    contexts[i].state = ctx.state
+                    idle.append(actor)
+                except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as e:
+                    reply = error_reply(messages[i], RuntimeError(f"client actor died: {e}"))
+                    idle.append(self.replace(actor))
+                replies[i] = reply
+                if on_reply:
+                    on_reply(reply)
+        return replies  # type: ignore[return-value]
+
+
+def _without_content(m: Message) -> Message:
+    """A copy of ``m`` whose payload travels separately (by object-store reference)."""
+    import copy
+
+    shell = copy.copy(m)
+    shell.__dict__["_content"] = None  # type: ignore[index]
+    return shell
+
+
+def get_pool(num_cpus: float, num_gpus: float) -> ActorPool:
+    key = f"{num_cpus}:{num_gpus}"
+    if _POOL.get("key") != key:
+        for actor in _POOL.get("actors", []):
+            _ray().kill(actor)
+        pool = ActorPool(num_cpus, num_gpus, pool_size(num_cpus, num_gpus))
+        _POOL.update(key=key, pool=pool, actors=pool.actors)
+    return _POOL["pool"]
+
+
+@register_engine("ray")
+def run_ray(scenario, main: ServerMain, *, on_reply=None) -> None:
+    from fedsec.federation.client import client_app
+
+    ensure_ray(scenario.run.ray_address or os.environ.get("RAY_ADDRESS", ""))
+    pool = get_pool(scenario.run.num_cpus, scenario.run.num_gpus)
+    grid = LocalGrid(
+        client_app,
+        scenario.data.num_clients,
+        executor=lambda msgs, ctxs: pool.run(msgs, ctxs, on_reply),
+    )
+    main(grid, _server_context())

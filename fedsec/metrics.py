@@ -1,0 +1,71 @@
+"""Centralized evaluation: clean accuracy, attack success rate, detection scores."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fedsec.data import TensorData
+
+
+@dataclass(frozen=True)
+class EvalTrigger:
+    """A trigger to measure ASR with: ``apply`` maps a batch (B, C, H, W) to its triggered copy.
+
+    ``target`` is the attacker's class for all-to-one attacks; ``target_fn``
+    (label -> target label) covers all-to-all attacks.
+    """
+
+    apply: Callable[[torch.Tensor], torch.Tensor]
+    target: int | None = None
+    target_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def targets(self, y: torch.Tensor) -> torch.Tensor:
+        if self.target_fn is not None:
+            return self.target_fn(y)
+        return torch.full_like(y, int(self.target))  # type: ignore[arg-type]
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    model.eval()
+    device = next(model.parameters()).device
+    out = [model(x[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)]
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+
+
+def accuracy(model: nn.Module, data: TensorData) -> float:
+    return float((predict(model, data.x) == data.y).float().mean())
+
+
+def attack_success_rate(model: nn.Module, data: TensorData, trigger: EvalTrigger) -> float:
+    """Fraction of test samples not already of the target class that the model
+    assigns to the target once triggered (BadNets / DBA convention)."""
+    tgt = trigger.targets(data.y)
+    keep = data.y != tgt
+    if not bool(keep.any()):
+        return float("nan")
+    pred = predict(model, trigger.apply(data.x[keep].clone()))
+    return float((pred == tgt[keep]).float().mean())
+
+
+def detection(accepted: Iterable[int], sampled: Iterable[int], malicious: Iterable[int]) -> dict[str, float]:
+    """Precision/recall/FPR of the rule's rejections against the ground truth.
+
+    Positive = rejected by the rule; relevant = actually malicious (among the sampled).
+    Precision is NaN when nothing was rejected, recall NaN when nobody attacked.
+    """
+    sampled = set(sampled)
+    rejected = sampled - set(accepted)
+    bad = set(malicious) & sampled
+    tp = len(rejected & bad)
+    fp = len(rejected - bad)
+    nan = float("nan")
+    return {
+        "precision": tp / len(rejected) if rejected else nan,
+        "recall": tp / len(bad) if bad else nan,
+        "fpr": fp / len(sampled - bad) if sampled - bad else nan,
+    }

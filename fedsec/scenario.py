@@ -1,0 +1,441 @@
+"""Scenario: the one typed description of a federation, loaded from TOML or built in Python.
+
+Every section is a frozen, keyword-only dataclass validated on construction;
+``Scenario.from_dict`` rejects unknown keys (with a did-you-mean) and reports
+the dotted field path, the value and what was expected. Component parameters
+(``server.aggregator_params``, ``attack[i].params``, ``plugins[i].params``,
+``model.params``, ``data`` partitioner options) are checked against the
+registered component when the scenario is validated, so nothing starts on an
+invalid scenario.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ScenarioError(ValueError):
+    """A scenario field is invalid; the message starts with its dotted path."""
+
+
+def _fail(path: str, value: Any, expected: str) -> typing.NoReturn:
+    raise ScenarioError(f"{path}: got {value!r}, expected {expected}")
+
+
+def _check(cond: bool, path: str, value: Any, expected: str) -> None:
+    if not cond:
+        _fail(path, value, expected)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    dataset: str = "digits"
+    root: str = "data"
+    download: bool = False
+    num_clients: int = 20
+    partitioner: str = "dirichlet"
+    alpha: float = 0.5
+    """Dirichlet concentration (``dirichlet``): smaller = more label skew."""
+    shards_per_client: int = 2
+    """Classes-shards per client (``shards``)."""
+    partitioner_params: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword arguments for a user-registered partitioner."""
+
+    def partition_kwargs(self) -> dict[str, Any]:
+        import inspect
+
+        from fedsec.data import PARTITIONERS
+
+        accepted = inspect.signature(PARTITIONERS.get(self.partitioner)).parameters
+        known = {"alpha": self.alpha, "shards_per_client": self.shards_per_client}
+        return {**{k: v for k, v in known.items() if k in accepted}, **self.partitioner_params}
+
+    def validate(self, path: str) -> None:
+        from fedsec.data import DATASETS, PARTITIONERS
+
+        _check(self.dataset in DATASETS, f"{path}.dataset", self.dataset, f"one of {DATASETS.names()}")
+        _check(self.num_clients >= 2, f"{path}.num_clients", self.num_clients, "an integer >= 2")
+        _check(
+            self.partitioner in PARTITIONERS,
+            f"{path}.partitioner",
+            self.partitioner,
+            f"one of {PARTITIONERS.names()}",
+        )
+        _check_kwargs(PARTITIONERS.get(self.partitioner), self.partitioner_params,
+                      f"{path}.partitioner_params", skip=3)
+        _check(self.alpha > 0, f"{path}.alpha", self.alpha, "a number > 0")
+        _check(self.shards_per_client >= 1, f"{path}.shards_per_client", self.shards_per_client,
+               "an integer >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    name: str = "cnn"
+    params: dict[str, Any] = field(default_factory=dict)
+    init: str = ""
+    """Optional safetensors checkpoint the federation starts from (e.g. a backdoored
+    pretrained model made by ``fedsec craft-backdoor``)."""
+
+    def validate(self, path: str) -> None:
+        from fedsec.models import MODELS
+
+        _check(self.name in MODELS, f"{path}.name", self.name, f"one of {MODELS.names()}")
+        _check_kwargs(MODELS.get(self.name), self.params, f"{path}.params",
+                      skip_names=("in_shape", "num_classes"))
+        if self.init:
+            _check(Path(self.init).is_file(), f"{path}.init", self.init, "an existing .safetensors file")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientConfig:
+    """Local training of every client (the honest loop that attacks wrap)."""
+
+    epochs: int = 2
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+
+    def validate(self, path: str) -> None:
+        _check(self.epochs >= 0, f"{path}.epochs", self.epochs, "an integer >= 0")
+        _check(self.batch_size >= 1, f"{path}.batch_size", self.batch_size, "an integer >= 1")
+        _check(self.lr > 0, f"{path}.lr", self.lr, "a number > 0")
+        _check(0 <= self.momentum < 1, f"{path}.momentum", self.momentum, "a number in [0, 1)")
+        _check(self.weight_decay >= 0, f"{path}.weight_decay", self.weight_decay, "a number >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    rounds: int = 10
+    fraction_train: float = 1.0
+    aggregator: str = "mean"
+    aggregator_params: dict[str, Any] = field(default_factory=dict)
+    server_lr: float = 1.0
+    """eta: the aggregated update is added to the global model times this factor."""
+
+    def validate(self, path: str) -> None:
+        from strategies import AGGREGATORS
+
+        _check(self.rounds >= 1, f"{path}.rounds", self.rounds, "an integer >= 1")
+        _check(0 < self.fraction_train <= 1, f"{path}.fraction_train", self.fraction_train,
+               "a number in (0, 1]")
+        _check(self.aggregator in AGGREGATORS, f"{path}.aggregator", self.aggregator,
+               f"one of {AGGREGATORS.names()}")
+        _check(self.server_lr > 0, f"{path}.server_lr", self.server_lr, "a number > 0")
+        _build(lambda: AGGREGATORS.get(self.aggregator)(**self.aggregator_params),
+               f"{path}.aggregator_params")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttackConfig:
+    """One malicious role: which partitions run ``behaviour``, with what, and when."""
+
+    behaviour: str
+    partitions: list[int]
+    params: dict[str, Any] = field(default_factory=dict)
+    start_round: int = 1
+    end_round: int = 0
+    """Last round the attack runs (inclusive); 0 = until the end."""
+    every: int = 1
+
+    def active(self, server_round: int) -> bool:
+        if server_round < self.start_round or (self.end_round and server_round > self.end_round):
+            return False
+        return (server_round - self.start_round) % self.every == 0
+
+    def validate(self, path: str, num_clients: int) -> None:
+        from clients import BEHAVIOURS
+
+        _check(self.behaviour in BEHAVIOURS, f"{path}.behaviour", self.behaviour,
+               f"one of {BEHAVIOURS.names()}")
+        _check(len(self.partitions) > 0, f"{path}.partitions", self.partitions,
+               "a non-empty list of partition ids")
+        for j, p in enumerate(self.partitions):
+            _check(isinstance(p, int) and 0 <= p < num_clients, f"{path}.partitions[{j}]", p,
+                   f"a partition id in [0, {num_clients})")
+        _check(len(set(self.partitions)) == len(self.partitions), f"{path}.partitions",
+               self.partitions, "no repeated partition id")
+        _check(self.start_round >= 1, f"{path}.start_round", self.start_round, "an integer >= 1")
+        _check(self.end_round == 0 or self.end_round >= self.start_round, f"{path}.end_round",
+               self.end_round, "0 (no end) or >= start_round")
+        _check(self.every >= 1, f"{path}.every", self.every, "an integer >= 1")
+        _build(lambda: BEHAVIOURS.get(self.behaviour).from_params(self.params), f"{path}.params")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PluginConfig:
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self, path: str) -> None:
+        from fedsec.plugins import PLUGINS
+
+        _check(self.name in PLUGINS, f"{path}.name", self.name, f"one of {PLUGINS.names()}")
+        _build(lambda: PLUGINS.get(self.name)(**self.params), f"{path}.params")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    seed: int = 0
+    engine: str = "inline"
+    output: str = "runs"
+    device: str = "cpu"
+    num_cpus: float = 1.0
+    """Ray CPUs per client (engines ray and flower)."""
+    num_gpus: float = 0.0
+    """Ray GPUs per client, fractional allowed; clients then train on the GPU."""
+    ray_address: str = ""
+    """Join an existing Ray cluster (else $RAY_ADDRESS, else start a local one)."""
+    threads: int = 1
+    """torch intra-op threads per client; 1 keeps results bitwise identical across engines."""
+
+    def validate(self, path: str) -> None:
+        from fedsec.federation.engines import ENGINES
+
+        _check(self.engine in ENGINES, f"{path}.engine", self.engine, f"one of {ENGINES.names()}")
+        _check(self.device == "cpu" or self.device.startswith("cuda"), f"{path}.device",
+               self.device, "'cpu' or 'cuda[:i]'")
+        _check(self.num_cpus > 0, f"{path}.num_cpus", self.num_cpus, "a number > 0")
+        _check(self.num_gpus >= 0, f"{path}.num_gpus", self.num_gpus, "a number >= 0")
+        _check(self.threads >= 1, f"{path}.threads", self.threads, "an integer >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Scenario:
+    name: str = "run"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    attack: list[AttackConfig] = field(default_factory=list)
+    plugins: list[PluginConfig] = field(default_factory=list)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        _check(bool(self.name) and "/" not in self.name, "name", self.name, "a non-empty name without '/'")
+        self.data.validate("data")
+        self.model.validate("model")
+        self.client.validate("client")
+        self.server.validate("server")
+        seen: dict[int, int] = {}
+        for i, a in enumerate(self.attack):
+            a.validate(f"attack[{i}]", self.data.num_clients)
+            for p in a.partitions:
+                if p in seen:
+                    _fail(f"attack[{i}].partitions", p, f"a partition not already given to attack[{seen[p]}]")
+                seen[p] = i
+        for i, p in enumerate(self.plugins):
+            p.validate(f"plugins[{i}]")
+        self.run.validate("run")
+
+    # -- roles ---------------------------------------------------------------------------
+    def role(self, partition_id: int, server_round: int) -> AttackConfig | None:
+        """The attack this partition runs in this round, or None (honest)."""
+        for a in self.attack:
+            if partition_id in a.partitions and a.active(server_round):
+                return a
+        return None
+
+    def malicious(self, server_round: int) -> list[int]:
+        return sorted(p for a in self.attack if a.active(server_round) for p in a.partitions)
+
+    # -- (de)serialisation ----------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Scenario:
+        return _from_dict(cls, raw, "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        return _dump_toml(self.to_dict())
+
+    def replace(self, **overrides: Any) -> Scenario:
+        """A copy with dotted-path overrides, e.g. ``replace(**{"server.rounds": 3})``."""
+        raw = self.to_dict()
+        for key, value in overrides.items():
+            _set_path(raw, key, value)
+        return Scenario.from_dict(raw)
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.to_toml().encode()).hexdigest()[:16]
+
+
+def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
+    """Read a TOML scenario, apply ``KEY=VALUE`` overrides (VALUE parsed as TOML), validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ScenarioError(f"scenario file {str(path)!r} does not exist")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ScenarioError(f"{path}: not valid TOML: {e}") from None
+    for item in overrides or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ScenarioError(f"override {item!r}: expected KEY=VALUE, e.g. server.rounds=3")
+        _set_path(raw, key.strip(), parse_value(text.strip()))
+    return Scenario.from_dict(raw)
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as TOML (3, 0.1, true, [0, 1], {a = 1}); bare words are strings."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+# --------------------------------------------------------------------------------------
+# helpers
+
+
+def _set_path(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node: Any = raw
+    for i, part in enumerate(parts[:-1]):
+        here = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            node = node[_index(part, node, here)]
+        else:
+            node = node.setdefault(part, {})
+        if not isinstance(node, (dict, list)):
+            raise ScenarioError(f"override {dotted!r}: {here} is not a table")
+    last = parts[-1]
+    if isinstance(node, list):
+        node[_index(last, node, dotted)] = value
+    else:
+        node[last] = value
+
+
+def _index(part: str, node: list, path: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ScenarioError(f"override {path!r}: expected an index below {len(node)}")
+    return int(part)
+
+
+def _from_dict(cls: type, raw: Any, path: str) -> Any:
+    if not isinstance(raw, dict):
+        _fail(path or "scenario", raw, "a table")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in raw if k not in fields]
+    if unknown:
+        k = unknown[0]
+        close = difflib.get_close_matches(k, list(fields), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        where = f"{path}.{k}" if path else k
+        raise ScenarioError(f"{where}: unknown key{hint}; valid keys: {', '.join(fields)}")
+    kwargs = {}
+    for k, v in raw.items():
+        kwargs[k] = _coerce(hints[k], v, f"{path}.{k}" if path else k)
+    missing = [
+        n for n, f in fields.items()
+        if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        where = path or "scenario"
+        raise ScenarioError(f"{where}: missing required key {missing[0]!r}")
+    try:
+        return cls(**kwargs)
+    except ScenarioError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ScenarioError(f"{path or 'scenario'}: {e}") from None
+
+
+def _coerce(tp: Any, v: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _from_dict(tp, v, path)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        _check(isinstance(v, list), path, v, "a list")
+        return [_coerce(item, x, f"{path}[{i}]") for i, x in enumerate(v)]
+    if origin is dict:
+        _check(isinstance(v, dict), path, v, "a table")
+        return dict(v)
+    if tp is bool:
+        _check(isinstance(v, bool), path, v, "true or false")
+    elif tp is int:
+        _check(isinstance(v, int) and not isinstance(v, bool), path, v, "an integer")
+    elif tp is float:
+        _check(isinstance(v, (int, float)) and not isinstance(v, bool), path, v, "a number")
+        return float(v)
+    elif tp is str:
+        _check(isinstance(v, str), path, v, "a string")
+    return v
+
+
+def _check_kwargs(fn: Any, params: dict[str, Any], path: str, skip: int = 0,
+                  skip_names: tuple[str, ...] = ()) -> None:
+    import inspect
+
+    ps = list(inspect.signature(fn).parameters.values())[skip:]
+    names = [p.name for p in ps if p.name not in skip_names]
+    for k in params:
+        if k not in names:
+            close = difflib.get_close_matches(k, names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ScenarioError(f"{path}.{k}: unknown parameter{hint}; valid: {', '.join(names) or 'none'}")
+
+
+def _build(make: Any, path: str) -> Any:
+    try:
+        return make()
+    except ScenarioError:
+        raise
+    except (TypeError, ValueError, KeyError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        raise ScenarioError(f"{path}: {msg}") from None
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def _toml_key(k: str) -> str:
+    return k if k.replace("_", "").replace("-", "").isalnum() else _toml_value(k)
+
+
+def _dump_toml(d: dict[str, Any]) -> str:
+    """Minimal TOML writer for the scenario's shape (stdlib has a reader only)."""
+    out: list[str] = []
+    tables, arrays = [], []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            tables.append((k, v))
+        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            arrays.append((k, v))
+        elif isinstance(v, list) and not v:
+            continue
+        else:
+            out.append(f"{_toml_key(k)} = {_toml_value(v)}")
+    for k, v in tables:
+        out.append(f"\n[{k}]")
+        out += [f"{_toml_key(a)} = {_toml_value(b)}" for a, b in v.items()]
+    for k, items in arrays:
+        for item in items:
+            out.append(f"\n[[{k}]]")
+            out += [f"{_toml_key(a)} = {_toml_value(b)}" for a, b in item.items()]
+    return "\n".join(out) + "\n"

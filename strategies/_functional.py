@@ -1,0 +1,195 @@
+"""Pure tensor functions shared by several rules (no state, no Python loops over
+coordinates or client pairs). All keep the input's device and dtype."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+# Column-wise order statistics (sort/topk/kthvalue) run over blocks of columns
+# holding at most this many elements, which bounds their temporaries
+# (sort's int64 indices are twice the size of float32 values).
+_BLOCK_ELEMS = 1 << 24
+
+
+def by_column_blocks(fn: Callable[[torch.Tensor], torch.Tensor], X: torch.Tensor) -> torch.Tensor:
+    """``fn`` maps an (n, b) block to a (b,) result; apply it to blocks of columns."""
+    n, d = X.shape
+    b = max(1, _BLOCK_ELEMS // max(n, 1))
+    if b >= d:
+        return fn(X)
+    return torch.cat([fn(X[:, j : j + b]) for j in range(0, d, b)])
+
+
+def coordinate_median(X: torch.Tensor) -> torch.Tensor:
+    """Coordinate-wise median with numpy semantics (even n: mean of the two middle values)."""
+    return by_column_blocks(_median_block, X)
+
+
+def _median_block(X: torch.Tensor) -> torch.Tensor:
+    n = X.shape[0]
+    lo = X.median(dim=0).values  # torch returns the lower of the two middle values
+    if n % 2 == 1:
+        return lo
+    # upper middle value = the (n/2 + 1)-th smallest
+    n_le = (X <= lo).sum(dim=0)
+    above = torch.where(X > lo, X, torch.full_like(X, float("inf"))).amin(dim=0)
+    hi = torch.where(n_le >= n // 2 + 1, lo, above)
+    return (lo + hi) / 2
+
+
+def weighted_mean(
+    X: torch.Tensor, weights: torch.Tensor | None = None, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean of the rows of X selected by ``mask`` (all when None), weighted by ``weights``.
+
+    If the selected rows' weights sum to 0, they are averaged uniformly.
+    Rows outside ``mask`` get coefficient exactly 0 (a huge excluded row cannot leak in).
+    """
+    if weights is None and mask is None:
+        return X.mean(dim=0)
+    c = torch.ones(X.shape[0], dtype=X.dtype, device=X.device)
+    if mask is not None:
+        c = c * mask.to(X.dtype)
+    if weights is not None:
+        cw = c * weights.to(X.dtype)
+        if bool(cw.sum() > 0):
+            c = cw
+    return (c / c.sum()) @ X
+
+
+def pairwise_sq_distances(X: torch.Tensor) -> torch.Tensor:
+    """(n, n) float64 squared Euclidean distances from ONE Gram matrix.
+
+    Rows are centred on their mean first (distances are translation invariant and
+    the Gram formula loses less to cancellation); if the entries are so large that
+    squares would overflow float32, the matrix is scaled down and the result
+    scaled back in float64.
+    """
+    Xc = X - X.mean(dim=0)
+    scale = float(Xc.abs().amax())
+    if not math.isfinite(scale) or scale == 0.0:
+        scale = 1.0
+    if X.dtype == torch.float32 and scale > 1e15:
+        Xc = Xc / scale
+    else:
+        scale = 1.0
+    G = (Xc @ Xc.T).to(torch.float64)
+    sq = G.diagonal()
+    D = (sq[:, None] + sq[None, :] - 2 * G).clamp_min_(0)
+    D.fill_diagonal_(0)
+    return D * (scale * scale)
+
+
+def krum_scores(D: torch.Tensor, n_neighbours: int) -> torch.Tensor:
+    """Krum score: sum of squared distances to the ``n_neighbours`` closest other rows."""
+    n = D.shape[0]
+    Dm = D + torch.diag(torch.full((n,), float("inf"), dtype=D.dtype, device=D.device))
+    return torch.topk(Dm, n_neighbours, dim=1, largest=False).values.sum(dim=1)
+
+
+def row_norms(X: torch.Tensor) -> torch.Tensor:
+    """L2 norm of each row, computed in float64 for the final reduction (no overflow)."""
+    return torch.linalg.vector_norm(X, dim=1, dtype=torch.float64)
+
+
+def clip_factors(norms: torch.Tensor, bound: float | torch.Tensor) -> torch.Tensor:
+    """min(1, bound / norm), with 1 for zero-norm rows."""
+    bound = torch.as_tensor(bound, dtype=norms.dtype, device=norms.device)
+    return torch.where(norms > bound, bound / norms.clamp_min(1e-300), torch.ones_like(norms))
+
+
+def gaussian(
+    shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Standard normal noise on ``like``'s device/dtype, drawn from ``generator``
+    (which may live on another device) or from torch's default RNG when None."""
+    if generator is None:
+        return torch.randn(shape, dtype=like.dtype, device=like.device)
+    z = torch.randn(shape, dtype=like.dtype, device=generator.device, generator=generator)
+    return z.to(like.device)
+
+
+def robust_z_scores(s: torch.Tensor) -> torch.Tensor:
+    """|s_i - median(s)| / (MAD(s) / 0.6745); guarded when MAD = 0.
+
+    With MAD = 0 (more than half of the statistics equal), the scale falls back
+    to the mean absolute deviation times sqrt(pi/2) (also consistent for a
+    normal); if that is 0 too, every client is identical and all z are 0.
+    """
+    med = coordinate_median(s[:, None])[0]
+    dev = (s - med).abs()
+    scale = coordinate_median(dev[:, None])[0] / 0.6745
+    if not bool(scale > 0):
+        scale = dev.mean() * math.sqrt(math.pi / 2)
+    if not bool(scale > 0):
+        return torch.zeros_like(s)
+    return dev / scale
+
+
+def top_direction(
+    Xc: torch.Tensor,
+    generator: torch.Generator | None = None,
+    *,
+    max_iter: int = 300,
+    rtol: float = 1e-7,
+) -> tuple[float, torch.Tensor]:
+    """Top eigenpair (lambda, v) of the empirical covariance Xc^T Xc / k of the
+    centred (k, d) matrix ``Xc`` without ever forming a d x d matrix.
+
+    k <= d: exact, from the k x k Gram matrix Xc Xc^T (v = Xc^T u / |Xc^T u|).
+    k > d : block power (subspace) iteration with Rayleigh-Ritz, using only
+            products with Xc and Xc^T; the random start comes from ``generator``
+            and lives in R^d, so permuting the rows does not change the result.
+    lambda is returned as a Python float (float64), v as a unit (d,) tensor.
+    """
+    k, d = Xc.shape
+    # Work on Xc / scale so huge entries (a 1e30 client) neither overflow nor break eigh.
+    scale = float(Xc.abs().amax())
+    if not math.isfinite(scale) or scale == 0.0:
+        scale = 1.0
+    Xc = Xc / scale
+    lam, v = _top_direction_unit(Xc, generator, max_iter, rtol)
+    return lam * scale * scale, v
+
+
+def _top_direction_unit(Xc, generator, max_iter, rtol):
+    k, d = Xc.shape
+    if k <= d:
+        G = (Xc @ Xc.T).to(torch.float64) / k
+        evals, evecs = torch.linalg.eigh(G)
+        lam = float(evals[-1].clamp_min(0))
+        v = Xc.T @ evecs[:, -1].to(Xc.dtype)
+    else:
+        b = min(d, 8)
+        Q, _ = torch.linalg.qr(gaussian((d, b), Xc, generator))
+        lam_prev = -1.0
+        lam = 0.0
+        s = torch.zeros(b, dtype=torch.float64, device=Xc.device)
+        for _ in range(max_iter):
+            Y = Xc @ Q
+            H = (Y.T @ Y).to(torch.float64) / k
+            evals, evecs = torch.linalg.eigh(H)
+            lam, s = float(evals[-1].clamp_min(0)), evecs[:, -1]
+            if b == d or abs(lam - lam_prev) <= rtol * max(lam, 1e-300):
+                break
+            lam_prev = lam
+            Q, _ = torch.linalg.qr(Xc.T @ Y)
+        v = Q @ s.to(Xc.dtype)
+    nv = torch.linalg.vector_norm(v)
+    v = v / nv if bool(nv > 0) else torch.zeros_like(v)
+    return lam, v
+
+
+def argmin_by_content(scores: torch.Tensor, X: torch.Tensor) -> int:
+    """argmin of ``scores`` with exact ties broken by the rows' content (smallest distance
+    to the mean of X, then coordinate sum), not their position: mutual nearest neighbours
+    have identical Krum scores, and the choice must not depend on client order."""
+    tied = (scores == scores.min()).nonzero().squeeze(1)
+    if len(tied) == 1:
+        return int(tied[0])
+    Xc = X[tied] - X.mean(dim=0)  # centred: the choice is also translation invariant
+    key = row_norms(Xc) + 1e-12 * Xc.sum(dim=1, dtype=torch.float64)
+    return int(tied[torch.argmin(key)])

@@ -1,0 +1,180 @@
+"""The ``Aggregator`` contract shared by every robust aggregation rule.
+
+A rule is a frozen, keyword-only dataclass whose constructor validates its
+hyperparameters. Calling it on the update matrix ``U`` (n clients x d
+coordinates) returns an :class:`AggregationResult`. The base ``__call__`` does
+the work common to all rules exactly once:
+
+* checks that ``U`` is a 2-D floating tensor and that ``weights`` is ``(n,)``,
+  finite and non-negative;
+* drops every client whose row holds a NaN/inf: such a client is never
+  accepted, gets score ``+inf`` and never touches the output;
+* hands the finite rows to the subclass's ``aggregate`` and scatters its
+  per-client ``accepted``/``scores`` back to all ``n`` clients.
+
+``U`` is never modified in place. Half precision inputs are computed in
+float32; float64 inputs are computed in float64; the returned vector is
+always float32 on ``U``'s device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+import torch
+
+from fedsec.registry import Registry
+
+AGGREGATORS: Registry = Registry("aggregation rule")
+register_aggregator = AGGREGATORS.register
+
+
+def get_aggregator(name: str, **params: Any) -> Aggregator:
+    """Build the rule registered as ``name`` with hyperparameters ``params``."""
+    return AGGREGATORS.get(name)(**params)
+
+
+@dataclass(frozen=True)
+class AggregationResult:
+    """What a rule returns.
+
+    vector   : (d,) float32 on U's device, the aggregated update.
+    accepted : (n,) bool, clients whose update was used.
+    scores   : (n,) float32 per-client suspicion (higher = more suspect) or None.
+    """
+
+    vector: torch.Tensor
+    accepted: torch.Tensor
+    scores: torch.Tensor | None = None
+
+
+def check_param(ok: bool, owner: str, name: str, value: object, expected: str) -> None:
+    """Raise ``ValueError`` naming the hyperparameter and its bad value."""
+    if not ok:
+        raise ValueError(f"{owner}: {name} must be {expected}, got {value!r}")
+
+
+def is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def is_real(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def require_clients(owner: str, n: int, need: int, why: str) -> None:
+    """Raise ``ValueError`` when fewer than ``need`` finite client updates are left."""
+    if n < need:
+        raise ValueError(
+            f"{owner} needs at least {need} finite client updates ({why}), got n={n}"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Aggregator:
+    """Base class of the aggregation rules (see the module docstring).
+
+    Subclasses are ``@dataclass(frozen=True, kw_only=True)``, override
+    :meth:`validate` (called after construction) and :meth:`aggregate`.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Aggregator:
+        if args:
+            raise TypeError(f"{cls.__name__} takes keyword arguments only, got {len(args)} positional")
+        valid = [f.name for f in fields(cls) if f.init]
+        unknown = sorted(set(kwargs) - set(valid))
+        if unknown:
+            raise TypeError(
+                f"{cls.__name__} ({cls.name!r}) got unknown hyperparameter(s) "
+                f"{', '.join(map(repr, unknown))}; valid ones: {', '.join(valid) or '(none)'}"
+            )
+        return super().__new__(cls)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check the hyperparameters; raise ValueError naming the bad one."""
+
+    # -- the common work -------------------------------------------------------------
+    def __call__(
+        self,
+        U: torch.Tensor,
+        weights: torch.Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> AggregationResult:
+        X = _check_updates(type(self).__name__, U)
+        n = X.shape[0]
+        w = _check_weights(type(self).__name__, weights, n, X)
+        finite = torch.isfinite(X).all(dim=1)
+        n_ok = int(finite.sum())
+        if n_ok == 0:
+            raise ValueError(
+                f"{type(self).__name__}: no finite client update left (all {n} rows contain NaN/inf)"
+            )
+        rows = None
+        if n_ok < n:
+            rows = finite.nonzero().squeeze(1)
+            X = X.index_select(0, rows)
+            w = None if w is None else w.index_select(0, rows)
+        if w is not None and not bool(w.sum() > 0):
+            raise ValueError(f"{type(self).__name__}: the weights of the finite clients sum to 0")
+        res = self.aggregate(X, w, generator=generator, rows=rows)
+        vector = res.vector.to(dtype=torch.float32, device=U.device)
+        accepted = res.accepted.to(dtype=torch.bool, device=U.device)
+        scores = None if res.scores is None else res.scores.to(dtype=torch.float32, device=U.device)
+        if rows is not None:
+            acc_full = torch.zeros(n, dtype=torch.bool, device=U.device)
+            acc_full[rows] = accepted
+            accepted = acc_full
+            if scores is not None:
+                sc_full = torch.full((n,), float("inf"), dtype=torch.float32, device=U.device)
+                sc_full[rows] = scores
+                scores = sc_full
+        return AggregationResult(vector=vector, accepted=accepted, scores=scores)
+
+    def aggregate(
+        self,
+        U: torch.Tensor,
+        weights: torch.Tensor | None,
+        *,
+        generator: torch.Generator | None = None,
+        rows: torch.Tensor | None = None,
+    ) -> AggregationResult:
+        """Aggregate the finite rows ``U`` (k, d) with optional weights (k,).
+
+        ``rows`` gives the indices of these rows in the caller's full matrix
+        (None when every row was finite); only stateful rules need it.
+        ``accepted``/``scores`` of the result are over the k rows.
+        """
+        raise NotImplementedError
+
+
+def _check_updates(owner: str, U: object) -> torch.Tensor:
+    if not isinstance(U, torch.Tensor):
+        raise TypeError(f"{owner}: U must be a torch.Tensor of shape (n, d), got {type(U).__name__}")
+    if U.ndim != 2:
+        raise ValueError(f"{owner}: U must be 2-D (n clients, d coordinates), got shape {tuple(U.shape)}")
+    if not U.is_floating_point():
+        raise TypeError(f"{owner}: U must be a floating tensor, got dtype {U.dtype}")
+    if U.shape[0] == 0 or U.shape[1] == 0:
+        raise ValueError(f"{owner}: U must have at least one client and one coordinate, got {tuple(U.shape)}")
+    if U.dtype not in (torch.float32, torch.float64):
+        U = U.to(torch.float32)
+    return U
+
+
+def _check_weights(owner: str, weights: object, n: int, X: torch.Tensor) -> torch.Tensor | None:
+    if weights is None:
+        return None
+    w = torch.as_tensor(weights, device=X.device)
+    if w.shape != (n,):
+        raise ValueError(f"{owner}: weights must have shape ({n},) to match U, got {tuple(w.shape)}")
+    w = w.to(X.dtype)
+    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+        raise ValueError(f"{owner}: weights must be finite and >= 0, got {w.tolist()}")
+    return w

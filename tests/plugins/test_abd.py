@@ -1,0 +1,304 @@
+"""Tests of the ABD plugin (fedsec.plugins.abd): SV, SR, weighting, validation, wiring."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from fedsec.data import TensorData
+from fedsec.metrics import EvalTrigger
+from fedsec.models import build_model
+from fedsec.plugins import PLUGINS, PluginContext
+from fedsec.plugins.abd import (
+    ABD,
+    ABDConfig,
+    ShuffledTeacher,
+    distill,
+    kl_per_sample,
+    markdown_table,
+    shuffle_channels,
+    sr_find_delta,
+    sr_hypergradient,
+    suspicion_score,
+    suspicious,
+    sv_weights,
+    tail_ratio,
+)
+from fedsec.seeding import generator, scoped_seed
+
+torch.set_num_threads(1)
+IN_SHAPE = (1, 8, 8)
+
+
+def _cnn(seed: int = 0) -> nn.Module:
+    with scoped_seed(seed, "test-abd"):
+        return build_model("cnn", in_shape=IN_SHAPE, num_classes=10, width=8, hidden=16).eval()
+
+
+def _x(n: int = 16, seed: int = 0) -> torch.Tensor:
+    return torch.rand((n, *IN_SHAPE), generator=generator(seed, "x"))
+
+
+def _tiny(**kw) -> dict:
+    base = dict(steps=3, batch_size=16, n_student_iter=2, gen_width=8, z_dim=8, sv_probe_steps=1,
+                sv_layers=1, sv_ensemble=1, sr_start=0.5, sr_n_delta=2, sr_fp_iters=2, sr_portion=0.25,
+                ood_n=32)
+    base.update(kw)
+    return base
+
+
+# --- Shuffling Vaccine -------------------------------------------------------
+
+
+def test_shuffled_teacher_is_a_channel_permutation():
+    t = _cnn()
+    s = shuffle_channels(t, 1, generator(0, "shuffle"))
+    convs_t = [m for m in t.modules() if isinstance(m, nn.Conv2d)]
+    convs_s = [m for m in s.modules() if isinstance(m, nn.Conv2d)]
+    # The last conv (8 -> 16 channels) is shuffled along its input channels:
+    wt, ws = convs_t[-1].weight, convs_s[-1].weight
+    assert not torch.equal(wt, ws)
+    assert torch.equal(wt.flatten().sort().values, ws.flatten().sort().values)  # same multiset
+    matches = [next(j for j in range(wt.shape[1]) if torch.equal(ws[:, i], wt[:, j])) for i in range(ws.shape[1])]
+    assert sorted(matches) == list(range(wt.shape[1]))  # a permutation of whole input channels
+    # Every other tensor (the 1-channel first conv, biases, the head) is untouched.
+    for (n1, p1), (n2, p2) in zip(t.named_parameters(), s.named_parameters()):
+        assert n1 == n2 and p1.shape == p2.shape
+        assert torch.equal(p1.flatten().sort().values, p2.flatten().sort().values)
+        if p1 is not wt:
+            assert n1 == "3.weight" or torch.equal(p1, p2)
+    x = _x()
+    with torch.no_grad():
+        assert not torch.allclose(t(x), s(x))
+    assert t is not s and torch.equal(convs_t[-1].weight, wt)  # the teacher is not modified
+
+
+def test_shuffle_is_deterministic_in_generator():
+    t = _cnn()
+    a = shuffle_channels(t, 1, generator(3, "s"))
+    b = shuffle_channels(t, 1, generator(3, "s"))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_suspicion_score_zero_for_identical_positive_otherwise():
+    t = _cnn()
+    x = _x(12)
+    same = suspicion_score(t, t, x)
+    assert same.shape == (12,)
+    assert torch.allclose(same, torch.zeros(12), atol=1e-6)
+    sh = ShuffledTeacher(t, n_layers=1, n=3, gen=generator(0, "ens"))
+    s = suspicion_score(t, sh, x)
+    assert s.shape == (12,)
+    assert bool((s > 0).all())
+    # It is KL(T || T~), per input.
+    with torch.no_grad():
+        p, q = torch.softmax(t(x), 1), torch.softmax(sh(x), 1)
+    assert torch.allclose(s, (p * (p.log() - q.log())).sum(1), atol=1e-5)
+
+
+def test_phi_marks_agreement():
+    t_logits = torch.tensor([[3.0, 0.0], [0.0, 3.0], [1.0, 0.0]])
+    sh_logits = torch.tensor([[2.0, 1.0], [1.0, 0.0], [0.0, 5.0]])
+    assert suspicious(t_logits, sh_logits).tolist() == [1.0, 0.0, 0.0]
+
+
+def test_loss_weighting_worked_by_hand():
+    phi = torch.tensor([0.0, 1.0, 1.0, 0.0, 0.5])
+    # reference code: w = 1 - phi + phi * (-alpha); alpha = 0.01
+    assert torch.allclose(sv_weights(phi, 0.01, "reference"), torch.tensor([1.0, -0.01, -0.01, 1.0, 0.495]))
+    # the paper's slide: w = 1 - phi + phi / alpha; alpha = 0.1 -> 1, 10, 10, 1, 0.5 + 5 = 5.5
+    assert torch.allclose(sv_weights(phi, 0.1, "paper"), torch.tensor([1.0, 10.0, 10.0, 1.0, 5.5]))
+    # A weighted batch loss by hand: KLs 0.2, 0.4 with phi 0, 1, alpha 0.5 (reference): (0.2 - 0.5*0.4)/2 = 0
+    kl = torch.tensor([0.2, 0.4])
+    assert abs(float((sv_weights(torch.tensor([0.0, 1.0]), 0.5) * kl).mean())) < 1e-7
+    with pytest.raises(ValueError, match="sv_weighting"):
+        sv_weights(phi, 0.1, "nope")
+
+
+def test_tail_ratio():
+    s = torch.full((200,), 1.0)
+    s[:5] = 1e-6  # 2.5% far below in log10
+    assert tail_ratio(s) == pytest.approx(0.025)
+    assert tail_ratio(torch.ones(100)) == 0.0
+
+
+def test_kl_per_sample():
+    a = torch.tensor([[0.0, 0.0]])
+    b = torch.tensor([[math.log(3.0), 0.0]])  # q = (3/4, 1/4)
+    expected = 0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(0.5 / 0.25)
+    assert float(kl_per_sample(a, b)) == pytest.approx(expected, rel=1e-5)
+
+
+# --- Self-Retrospection ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("eps", [0.05, 0.5, 3.0])
+def test_sr_delta_stays_within_bound(eps):
+    s = _cnn(1).train()
+    cfg = ABDConfig(sr_eps=eps, sr_n_delta=8, sr_delta_lr=1.0, sr_l2=0.0)
+    delta = sr_find_delta(s, _x(32), cfg, generator(0, "d"))
+    assert delta.shape == (1, *IN_SHAPE)
+    assert float(delta.norm()) <= eps * (1 + 1e-5)
+    assert not delta.requires_grad
+    assert all(p.grad is None for p in s.parameters())
+
+
+def test_sr_hypergradient_implicit_vs_first_order():
+    s = _cnn(2).train()
+    with torch.no_grad():  # sharpen the untrained net so that KL terms are not ~0
+        for m in s.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.weight.mul_(4.0)
+    x = _x(16)
+    cfg = ABDConfig(sr_portion=0.5, sr_fp_iters=3, sr_eps=1.0)
+    delta = sr_find_delta(s, x, cfg, generator(0, "d"))
+    g_imp, outer = sr_hypergradient(s, x, delta, cfg, generator(0, "m"))
+    g_fo, outer_fo = sr_hypergradient(s, x, delta, dataclasses.replace(cfg, sr_mode="first_order"), generator(0, "m"))
+    params = list(s.parameters())
+    assert len(g_imp) == len(g_fo) == len(params)
+    assert all(g.shape == p.shape and torch.isfinite(g).all() for g, p in zip(g_imp, params))
+    assert outer == pytest.approx(outer_fo) and outer >= 0
+    assert any(not torch.allclose(a, b) for a, b in zip(g_imp, g_fo))  # the implicit term contributes
+
+
+def test_sr_hypergradient_matches_dense_implicit_formula():
+    """On a tiny linear student, compare with the dense form of the fixed-point hypergradient:
+    v_K = sum_{k<K} (J^T)^k dL_out/dd with J = d Phi / d d (K fixed-point iterations, a truncated
+    Neumann series of (I - J^T)^{-1}); hypergrad = dL_out/dtheta + (dPhi/dtheta)^T v_K."""
+    with scoped_seed(0, "lin"):
+        s = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    x = torch.rand(8, 1, 2, 2, generator=generator(0, "lin-x"))
+    cfg = ABDConfig(sr_portion=1.0, sr_fp_iters=4, sr_fp_lr=0.1, sr_eps=1.0)
+    delta = torch.full((1, 1, 2, 2), 0.3)
+    grads, _ = sr_hypergradient(s, x, delta, cfg, generator(0, "m"))
+    params = list(s.parameters())
+    flat = torch.cat([p.detach().flatten() for p in params])
+    sizes = [p.numel() for p in params]
+
+    def unflat(v):
+        out, i = [], 0
+        for p, n in zip(params, sizes):
+            out.append(v[i : i + n].view_as(p))
+            i += n
+        return out
+
+    def model(theta, inp):
+        w, b = unflat(theta)
+        return inp.flatten(1) @ w.T + b
+
+    with torch.no_grad():
+        clean = s(x)
+
+    def outer(d, theta):
+        return kl_per_sample(clean, model(theta, x + d.view(1, 1, 2, 2))).mean()
+
+    def phi(d, theta):
+        def inner(dd):
+            return -kl_per_sample(clean, model(theta, x + dd.view(1, 1, 2, 2))).mean() + cfg.sr_l2 * dd.pow(2).sum()
+
+        return d - cfg.sr_fp_lr * torch.func.grad(inner)(d)
+
+    d0 = delta.flatten()
+    J = torch.autograd.functional.jacobian(lambda d: phi(d, flat), d0)
+    Jt = torch.autograd.functional.jacobian(lambda t: phi(d0, t), flat)
+    go_d = torch.autograd.functional.jacobian(lambda d: outer(d, flat), d0)
+    go_t = torch.autograd.functional.jacobian(lambda t: outer(d0, t), flat)
+    v, term = torch.zeros(4), go_d
+    for _ in range(cfg.sr_fp_iters):
+        v, term = v + term, J.T @ term
+    expected = go_t + Jt.T @ v
+    got = torch.cat([g.flatten() for g in grads])
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-3)
+
+
+# --- Configuration ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("kd", "dreams"),
+        ("steps", 0),
+        ("steps", 1.5),
+        ("sv_alpha", 0.0),
+        ("sv_alpha", -0.1),
+        ("sv", "yes"),
+        ("sr_start", 1.5),
+        ("sr_portion", 0.0),
+        ("sr_mode", "zeroth"),
+        ("sv_weighting", "both"),
+        ("sv_tail", 1.0),
+        ("student", "no-such-model"),
+        ("temperature", -1.0),
+        ("seed", -1),
+    ],
+)
+def test_constructor_validation(field, value):
+    with pytest.raises(ValueError) as e:
+        ABD(**{field: value})
+    assert field in str(e.value) and repr(value) in str(e.value)
+
+
+def test_constructor_keyword_only_frozen_and_registered():
+    assert PLUGINS.get("abd") is ABD
+    with pytest.raises(TypeError):
+        ABD("generator")  # keyword-only
+    with pytest.raises(TypeError):
+        ABD(no_such_option=1)
+    p = ABD(kd="ood", steps=5)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.steps = 6  # type: ignore[misc]
+    assert p.config().kd == "ood" and p.config().kd_temperature == 8.0
+    assert ABD().config().kd_temperature == 1.0 and ABD().config().student_lr == 2e-3
+
+
+# --- End to end (tiny) -----------------------------------------------------------------
+
+
+def _trigger() -> EvalTrigger:
+    def stamp(x):
+        x = x.clone()
+        x[:, :, -2:, -2:] = 1.0
+        return x
+
+    return EvalTrigger(apply=stamp, target=0)
+
+
+def _test_set() -> TensorData:
+    return TensorData(_x(40, 5), torch.arange(40) % 10)
+
+
+@pytest.mark.parametrize("kd", ["generator", "ood"])
+def test_distill_deterministic_and_reports(kd):
+    t = _cnn(7)
+    kw = dict(in_shape=IN_SHAPE, num_classes=10, test=_test_set(), eval_triggers={"p": _trigger()},
+              make_student=lambda: _cnn(8), **_tiny(kd=kd, sv_select=False))
+    a = distill(t, **kw)
+    b = distill(t, **kw)
+    assert all(torch.equal(p, q) for p, q in zip(a.student.parameters(), b.student.parameters()))
+    assert set(a.metrics) == {"acc", "asr"} and set(a.metrics["asr"]) == {"p"}
+    assert a.info["sv_active"] is True and a.info["sr"] is True
+    assert "sr_outer_kl_mean" in a.info
+    assert all(p.requires_grad for p in t.parameters())  # the caller's teacher is not modified
+    plain = distill(t, defended=False, **kw)
+    assert plain.info["sv"] is False and plain.info["sr"] is False
+
+
+def test_on_run_end_writes_table(tmp_path: Path):
+    plugin = ABD(**_tiny(compare=True))
+    ctx = PluginContext(scenario=None, test=_test_set(), num_classes=10, in_shape=IN_SHAPE, run_dir=tmp_path,
+                        device=torch.device("cpu"), make_model=lambda: _cnn(9), eval_triggers={"patch": _trigger()})
+    model = _cnn(7)
+    before = [p.clone() for p in model.parameters()]
+    out = plugin.on_run_end(model, ctx)
+    assert {"teacher", "kd", "kd_abd", "config"} <= set(out)
+    assert set(out["kd_abd"]["asr"]) == {"patch"}
+    text = (tmp_path / "abd.md").read_text()
+    assert "| patch |" in text and "KD+ABD" in text
+    assert all(torch.equal(p, q) for p, q in zip(before, model.parameters()))  # global model untouched
+    assert markdown_table(out).count("\n") == 3

@@ -1,0 +1,124 @@
+"""Embedded default (scikit-learn digits) and torchvision datasets from a local root."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedsec.registry import Registry
+
+DATASETS: Registry = Registry("dataset")
+register_dataset = DATASETS.register
+
+
+@dataclass(frozen=True)
+class TensorData:
+    """An in-memory labelled image set: ``x`` (N, C, H, W) float32 in [0, 1], ``y`` (N,) int64."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.x.ndim != 4 or self.y.ndim != 1 or len(self.x) != len(self.y):
+            raise ValueError(
+                f"TensorData expects x (N, C, H, W) and y (N,), got {tuple(self.x.shape)} "
+                f"and {tuple(self.y.shape)}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, index: torch.Tensor | np.ndarray) -> TensorData:
+        index = torch.as_tensor(index, dtype=torch.long)
+        return TensorData(self.x[index], self.y[index])
+
+
+@dataclass(frozen=True)
+class DatasetSplits:
+    name: str
+    train: TensorData
+    test: TensorData
+    num_classes: int
+
+    @property
+    def in_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.x.shape[1:])  # type: ignore[return-value]
+
+
+@functools.lru_cache(maxsize=4)
+def load_dataset(name: str, root: str = "data", download: bool = False) -> DatasetSplits:
+    """Load ``name`` once per process (cached on its arguments)."""
+    return DATASETS.get(name)(root=Path(root).expanduser(), download=download)
+
+
+@register_dataset("digits")
+def digits(root: Path, download: bool) -> DatasetSplits:
+    """scikit-learn's bundled 8x8 digits (1,797 images): no file, no network.
+
+    Fixed stratified 80/20 split (random_state=0) so every run and every
+    process sees the same test set whatever the scenario's seed.
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    x = (bunch.images.astype(np.float32) / 16.0)[:, None]  # 0..16 ink -> [0, 1]
+    y = bunch.target.astype(np.int64)
+    xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.2, stratify=y, random_state=0)
+    return DatasetSplits(
+        "digits",
+        TensorData(torch.from_numpy(xtr), torch.from_numpy(ytr)),
+        TensorData(torch.from_numpy(xte), torch.from_numpy(yte)),
+        10,
+    )
+
+
+def _torchvision_split(cls, root: Path, download: bool, **ctor) -> TensorData:
+    from torchvision.transforms import v2
+
+    try:
+        ds = cls(str(root), download=download, **ctor)
+    except RuntimeError as e:  # torchvision: "Dataset not found. You can use download=True ..."
+        raise FileNotFoundError(
+            f"dataset {cls.__name__} not found under data.root={str(root)!r} ({e}). "
+            "Put the files there, or set data.download = true on a machine with network access."
+        ) from None
+    to_tensor = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+    if hasattr(ds, "data") and hasattr(ds, "targets"):
+        data = ds.data if isinstance(ds.data, torch.Tensor) else torch.from_numpy(np.asarray(ds.data))
+        x = data.unsqueeze(1) if data.ndim == 3 else data.permute(0, 3, 1, 2)
+        x = to_tensor(x.contiguous())
+        y = torch.as_tensor(np.asarray(ds.targets), dtype=torch.long)
+        return TensorData(x, y)
+    # Datasets without an array attribute (GTSRB) go through the real loader item by item.
+    resize = v2.Resize((32, 32), antialias=True)
+    xs, ys = zip(*[(resize(to_tensor(img)), int(t)) for img, t in ds])
+    return TensorData(torch.stack(xs), torch.tensor(ys))
+
+
+def _register_torchvision(name: str, attr: str, num_classes: int, train: dict, test: dict) -> None:
+    @register_dataset(name)
+    def _load(root: Path, download: bool) -> DatasetSplits:
+        import torchvision.datasets as tvd
+
+        cls = getattr(tvd, attr)
+        tr = _torchvision_split(cls, root, download, **train)
+        te = _torchvision_split(cls, root, download, **test)
+        return DatasetSplits(name, tr, te, num_classes)
+
+    _load.__doc__ = f"torchvision {attr} from data.root (downloaded there only if data.download)."
+
+
+_TRAIN, _TEST = {"train": True}, {"train": False}
+_register_torchvision("mnist", "MNIST", 10, _TRAIN, _TEST)
+_register_torchvision("fashion_mnist", "FashionMNIST", 10, _TRAIN, _TEST)
+_register_torchvision("cifar10", "CIFAR10", 10, _TRAIN, _TEST)
+_register_torchvision("cifar100", "CIFAR100", 100, _TRAIN, _TEST)
+_register_torchvision("gtsrb", "GTSRB", 43, {"split": "train"}, {"split": "test"})
+_register_torchvision(
+    "emnist", "EMNIST", 47, {"split": "balanced", "train": True}, {"split": "balanced", "train": False}
+)

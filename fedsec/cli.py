@@ -48,18 +48,25 @@ def run(
     table = Table(title=f"{s.name}: {s.data.num_clients} clients, {s.server.aggregator}, engine {s.run.engine}")
     for col in ("round", "clean acc", "ASR", "accepted", "malicious", "failed", "s"):
         table.add_column(col, justify="right")
+    per_round = max(int(s.data.num_clients * s.server.fraction_train), 1)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=True) as bar:
         rounds = bar.add_task("rounds", total=s.server.rounds)
+        clients = bar.add_task("round 1 clients", total=per_round)
+
+        def on_reply(reply) -> None:
+            if reply.metadata.message_type.startswith("train"):  # not the discovery queries
+                bar.advance(clients)
 
         def on_round_end(row) -> None:
             bar.advance(rounds)
+            bar.reset(clients, total=per_round, description=f"round {row['round'] + 1} clients")
             asr = ", ".join(f"{k}={_fmt(v)}" for k, v in row["asr"].items()) or "-"
             table.add_row(str(row["round"]), _fmt(row["clean_acc"]), asr, str(len(row["accepted"])),
                           str(len(row["malicious"])), str(len(row["failed"])), f"{row['seconds']:.2f}")
             console.print(f"round {row['round']:>3}  clean_acc {_fmt(row['clean_acc'])}  asr {asr}")
 
-        result = run_federation(s, output=output, progress=Hooks(on_round_end=on_round_end))
+        result = run_federation(s, output=output, progress=Hooks(on_round_end=on_round_end, on_reply=on_reply))
     console.print(table)
     console.print(f"final clean accuracy: [bold]{result.summary['final_clean_acc']:.4f}[/]")
     for k, v in result.summary.get("final_asr", {}).items():
@@ -147,6 +154,89 @@ def distill(
         from fedsec.results import atomic_write
 
         atomic_write(out, table + "\n")
+
+
+@app.command()
+def bench(
+    sweep: Annotated[Path, typer.Argument(help="sweep TOML file (format: fedsec/bench.py, experiments/bench/README.md)")],
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="cells run at once, as Ray tasks when > 1 ($RAY_ADDRESS joins a cluster)")] = 1,
+    out: Annotated[Optional[Path], typer.Option(help="sweep directory (default runs/bench/<sweep name>)")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="validate the sweep and list its cells; run nothing")] = False,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a base-scenario field for every cell: KEY=VALUE")] = None,
+) -> None:
+    """Run a sweep (aggregators x attacks x fractions x alphas x seeds); rerunning resumes it."""
+    import logging
+
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    from fedsec.bench import SweepError, cell_dir, is_done, load_sweep, run_sweep
+
+    try:
+        sw = load_sweep(sweep, list(set_ or []))
+    except SweepError as e:
+        console.print(f"[red]invalid sweep:[/] {e}")
+        raise typer.Exit(2) from None
+    out = out if out is not None else Path("runs") / "bench" / sw.name
+    unique = sw.unique()
+    console.print(f"sweep [bold]{sw.name}[/]: {len(sw.cells)} cells ({len(unique)} distinct federations), "
+                  f"{len(sw.aggregators)} aggregators x {len(sw.attacks)} attacks; directory {out}")
+    if dry_run:
+        t = Table("cell", "aggregator", "attack", "fraction", "attackers", "alpha", *sw.vary, "seed", "done")
+        for c in sw.cells:
+            a = c.axes
+            t.add_row(c.digest, str(a["aggregator"]), str(a["attack"]), str(a["malicious_fraction"]),
+                      str(c.num_malicious), str(a["alpha"]), *[str(a[k]) for k in sw.vary], str(a["seed"]),
+                      "yes" if is_done(cell_dir(out, c.digest)) else "")
+        console.print(t)
+        return
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("ETA"), TimeRemainingColumn(), console=console) as bar:
+        task = bar.add_task("cells", total=len(unique))
+
+        def on_start(total: int, skipped: int) -> None:
+            bar.update(task, total=total, completed=skipped)
+            if skipped:
+                console.print(f"{skipped} cell(s) already finished: skipped")
+
+        def on_cell(c, st) -> None:
+            bar.advance(task)
+            ok = st.get("status") == "done"
+            line = f"{'done  ' if ok else '[red]FAILED[/]'} {c.describe()}  ({st.get('wall_seconds', 0):.1f} s)"
+            console.print(line if ok else f"{line}: {st.get('error', '')}", highlight=False)
+
+        try:
+            res = run_sweep(sw, out, jobs=jobs, on_cell=on_cell, on_start=on_start)
+        except SweepError as e:
+            console.print(f"[red]{e}[/]")
+            raise typer.Exit(2) from None
+    console.print(f"{res.done} ran, {res.skipped} skipped, {len(res.failed)} failed; "
+                  f"results: {out / 'results.csv'}, {out / 'results.md'}, {out / 'plots'}")
+    if res.failed:
+        console.print("[red]failed cells (rerun the same command to retry them; tracebacks in cells/<id>/error.txt):[/]")
+        for c, err in res.failed:
+            console.print(f"  {c.digest} {c.describe()}: {err}", highlight=False)
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    directory: Annotated[Path, typer.Argument(help="sweep directory written by `fedsec bench`")],
+) -> None:
+    """Rebuild a sweep's results.csv, results.md and plots from its cells' run directories."""
+    from fedsec.bench import SweepError, write_report
+
+    try:
+        rep = write_report(directory)
+    except SweepError as e:
+        console.print(f"[red]{e}[/]")
+        raise typer.Exit(2) from None
+    states: dict[str, int] = {}
+    for r in rep["records"]:
+        states[r["status"]] = states.get(r["status"], 0) + 1
+    console.print(f"{len(rep['records'])} cells ({', '.join(f'{v} {k}' for k, v in sorted(states.items()))}); "
+                  f"wrote {rep['csv']}, {rep['md']} and {len(rep['plots'])} plots in {directory / 'plots'}")
 
 
 def main() -> None:

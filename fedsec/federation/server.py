@@ -34,8 +34,8 @@ class FederationResult:
 class Progress:
     """Callbacks the CLI uses to draw progress; all optional."""
 
-    on_round_start: Any = None  # (round, n_sampled)
-    on_round_end: Any = None  # (row)
+    on_round_end: Any = None  # (row) after each round's evaluation
+    on_reply: Any = None  # (reply Message) as each client finishes (inline and ray engines)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -95,6 +95,31 @@ def list_() -> None:
         console.print(t)
 
 
+@app.command("craft-backdoor")
+def craft_backdoor_cmd(
+    out: Annotated[Path, typer.Argument(help="where to write the backdoored model (.safetensors)")],
+    dataset: Annotated[str, typer.Option(help="attacker's data (train split of this dataset)")] = "digits",
+    root: Annotated[str, typer.Option(help="data.root for torchvision datasets")] = "data",
+    model: Annotated[str, typer.Option(help="architecture; must match the scenario's [model]")] = "cnn",
+    target: Annotated[int, typer.Option(help="backdoor target class")] = 0,
+    poison_fraction: Annotated[float, typer.Option(help="fraction of each batch carrying the trigger")] = 0.1,
+    epochs: Annotated[int, typer.Option()] = 10,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Train a backdoored model (the poisoned-pretrained-model attack); start a federation
+    from it with `model.init = "OUT"` in the scenario."""
+    from clients.attacks.pretrained import craft_backdoor
+
+    try:
+        res = craft_backdoor(out, dataset=dataset, root=root, model=model, target=target,
+                             poison_fraction=poison_fraction, epochs=epochs, seed=seed)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        console.print(f"[red]{e}[/]")
+        raise typer.Exit(2) from None
+    console.print(f"wrote {res['path']}: clean accuracy {res['clean_acc']:.4f}, ASR {res['asr']:.4f}")
+    console.print(f'use it with: fedsec run SCENARIO.toml --set model.init="{res["path"]}"')
+
+
 def _scenario_of_checkpoint(path: Path, scenario: Optional[Path]):
     from safetensors import safe_open
 

@@ -34,3 +34,37 @@ def test_list_shows_every_registry():
     for word in ("datasets", "digits", "models", "wrn", "partitioners", "dirichlet",
                  "aggregation rules", "mean", "client behaviours", "honest", "plugins", "engines", "inline"):
         assert word in res.output
+
+
+def test_craft_backdoor_then_a_federation_starts_from_it(tmp_path):
+    ckpt = tmp_path / "bd.safetensors"
+    res = runner.invoke(app, ["craft-backdoor", str(ckpt), "--epochs", "2"])
+    assert res.exit_code == 0, res.output
+    assert ckpt.is_file() and "ASR" in res.output
+    res = runner.invoke(app, ["run", "experiments/quickstart.toml", "--set", "server.rounds=1",
+                              "--set", "data.num_clients=4", "--set", f'model.init="{ckpt}"',
+                              "--output", str(tmp_path / "runs")])
+    assert res.exit_code == 0, res.output
+    (d,) = list((tmp_path / "runs").iterdir())
+    initial = json.loads((d / "summary.json").read_text())["initial"]["clean_acc"]
+    assert initial > 0.8  # round 0 is the crafted model, not a random init
+
+
+def test_craft_backdoor_bad_argument_is_a_clear_error(tmp_path):
+    res = runner.invoke(app, ["craft-backdoor", str(tmp_path / "bd.bin")])
+    assert res.exit_code == 2 and "out: got" in res.output and ".safetensors" in res.output
+
+
+def test_distill_a_run_model_with_its_embedded_scenario(tmp_path):
+    res = runner.invoke(app, ["run", "experiments/quickstart.toml", "--set", "server.rounds=1",
+                              "--set", "data.num_clients=4", "--output", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    (d,) = list(tmp_path.iterdir())
+    out = tmp_path / "abd.md"
+    res = runner.invoke(app, ["distill", str(d / "model.safetensors"), "--param", "steps=3",
+                              "--param", "kd=\"ood\"", "--param", "ood_n=64", "--param", "batch_size=16",
+                              "--param", "sv=false", "--param", "sr=false", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "Teacher" in out.read_text() or "teacher" in out.read_text()
+    bad = runner.invoke(app, ["distill", str(d / "model.safetensors"), "--param", "stepz=3"])
+    assert bad.exit_code == 2 and "invalid ABD option" in bad.output

@@ -1,8 +1,12 @@
-"""Server side: robust aggregation rules on the (n_clients, d) update matrix.
+"""Robust aggregation rules on the update matrix U (n clients x d coordinates).
 
-Contract (DESIGN.md): ``get_aggregator(name, **hyperparameters)`` returns a rule;
-``rule(U, weights=None, generator=None)`` returns ``.vector`` (d,), ``.accepted``
-(n,) bool and optional ``.scores`` (n,). Every module below registers its rule.
+    from strategies import get_aggregator
+    rule = get_aggregator("krum", f=2)
+    out = rule(U, weights=w, generator=g)   # out.vector, out.accepted, out.scores
+
+Every rule module registers itself in ``AGGREGATORS`` on import; register your
+own with ``@register_aggregator("name")`` on an ``Aggregator`` subclass.
+Importing this package does not import flwr (except the Flower strategy below).
 """
 
 from strategies.base import (
@@ -12,31 +16,46 @@ from strategies.base import (
     get_aggregator,
     register_aggregator,
 )
-from strategies import (  # noqa: F401  (each module registers its rule)
-    bulyan,
-    centered_clip,
-    filtering,
-    flame,
-    foolsgold,
-    geomed,
-    krum,
-    mad,
+
+# one module per rule; importing them registers them
+from strategies import (  # noqa: E402,F401  isort: skip
     mean,
     median,
-    multikrum,
-    norm_clip,
-    spectral,
     trimmed_mean,
+    geomed,
+    krum,
+    multikrum,
+    bulyan,
+    centered_clip,
+    norm_clip,
+    flame,
+    foolsgold,
+    mad,
+    filtering,
+    spectral,
 )
 
-__all__ = ["AGGREGATORS", "AggregationResult", "Aggregator", "get_aggregator", "register_aggregator",
-           "RobustStrategy"]
+__all__ = [
+    "AGGREGATORS",
+    "AggregationResult",
+    "Aggregator",
+    "get_aggregator",
+    "register_aggregator",
+]
+
+# ---------------------------------------------------------------------------
+# Flower strategy (maintained by the lead; the only place that imports flwr).
+# Add below this line:  from strategies.robust_strategy import RobustStrategy
+# ---------------------------------------------------------------------------
 
 
 def __getattr__(name: str):
-    # Flower is imported only when the Flower strategy is asked for.
+    # Lazy, so that importing the rules never imports Flower.
     if name == "RobustStrategy":
         from strategies.robust_strategy import RobustStrategy
 
         return RobustStrategy
     raise AttributeError(f"module 'strategies' has no attribute {name!r}")
+
+
+__all__ += ["RobustStrategy"]

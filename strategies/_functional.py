@@ -60,27 +60,29 @@ def weighted_mean(
     return (c / c.sum()) @ X
 
 
-def pairwise_sq_distances(X: torch.Tensor) -> torch.Tensor:
-    """(n, n) float64 squared Euclidean distances from ONE Gram matrix.
+def gram64(U: torch.Tensor, centre: torch.Tensor | str | None = None) -> torch.Tensor:
+    """(n, n) float64 Gram matrix of the rows of U minus ``centre`` ("mean", a (d,)
+    tensor or None). Computed in U's dtype; when float32 squares could overflow
+    (entries above 1e15) the rows are promoted to float64 first (rare, costs a copy)."""
+    X = U
+    if U.dtype == torch.float32 and float(U.abs().amax()) > 1e15:
+        X = U.to(torch.float64)
+    if isinstance(centre, str):
+        X = X - X.mean(dim=0)
+    elif centre is not None:
+        X = X - centre.to(X.dtype)
+    return (X @ X.T).to(torch.float64)
 
-    Rows are centred on their mean first (distances are translation invariant and
-    the Gram formula loses less to cancellation); if the entries are so large that
-    squares would overflow float32, the matrix is scaled down and the result
-    scaled back in float64.
-    """
-    Xc = X - X.mean(dim=0)
-    scale = float(Xc.abs().amax())
-    if not math.isfinite(scale) or scale == 0.0:
-        scale = 1.0
-    if X.dtype == torch.float32 and scale > 1e15:
-        Xc = Xc / scale
-    else:
-        scale = 1.0
-    G = (Xc @ Xc.T).to(torch.float64)
+
+def pairwise_sq_distances(X: torch.Tensor) -> torch.Tensor:
+    """(n, n) float64 squared Euclidean distances from ONE Gram matrix of the
+    mean-centred rows (distances are translation invariant and centring reduces
+    the cancellation of |x|^2 + |y|^2 - 2 x.y)."""
+    G = gram64(X, "mean")
     sq = G.diagonal()
     D = (sq[:, None] + sq[None, :] - 2 * G).clamp_min_(0)
     D.fill_diagonal_(0)
-    return D * (scale * scale)
+    return D
 
 
 def krum_scores(D: torch.Tensor, n_neighbours: int) -> torch.Tensor:
@@ -88,6 +90,17 @@ def krum_scores(D: torch.Tensor, n_neighbours: int) -> torch.Tensor:
     n = D.shape[0]
     Dm = D + torch.diag(torch.full((n,), float("inf"), dtype=D.dtype, device=D.device))
     return torch.topk(Dm, n_neighbours, dim=1, largest=False).values.sum(dim=1)
+
+
+def lowest_scores(scores: torch.Tensor, D: torch.Tensor, m: int) -> torch.Tensor:
+    """Indices of the m lowest ``scores``; exact ties (e.g. a mutual nearest-neighbour
+    pair when Krum uses one neighbour) are broken by the total squared distance to
+    the other rows (finite entries of D), then by index, so the choice does not
+    depend on the order of the clients in generic position."""
+    total = torch.where(torch.isfinite(D), D, torch.zeros_like(D)).sum(dim=1)
+    order = torch.sort(total, stable=True).indices
+    order = order[torch.sort(scores[order], stable=True).indices]
+    return order[:m]
 
 
 def row_norms(X: torch.Tensor) -> torch.Tensor:

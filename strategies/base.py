@@ -67,7 +67,7 @@ def require_clients(owner: str, n: int, need: int, why: str) -> None:
     """Raise ``ValueError`` when fewer than ``need`` finite client updates are left."""
     if n < need:
         raise ValueError(
-            f"{owner} needs at least {need} finite client updates ({why}), got n={n}"
+            f"{owner} needs {why} (at least {need} finite client updates), got n={n}"
         )
 
 

@@ -1,7 +1,7 @@
 """Bulyan.
 
 El Mhamdi, Guerraoui, Rouault, "The Hidden Vulnerability of Distributed
-Learning in Byzantium", ICML 2018, arXiv 1802.07927.
+Learning in Byzantium", ICML 2018, arXiv:1802.07927.
 """
 
 from __future__ import annotations
@@ -11,53 +11,92 @@ from dataclasses import dataclass
 import torch
 
 from strategies._functional import (
-    argmin_by_content,
     by_column_blocks,
     coordinate_median,
     krum_scores,
+    lowest_scores,
     pairwise_sq_distances,
 )
-from strategies.base import AggregationResult, Aggregator, check_param, is_int, register_aggregator, require_clients
+from strategies.base import (
+    AggregationResult,
+    Aggregator,
+    check_param,
+    is_int,
+    register_aggregator,
+    require_clients,
+)
+from strategies.multikrum import multikrum_selection
 
 
 @register_aggregator("bulyan")
 @dataclass(frozen=True, kw_only=True)
 class Bulyan(Aggregator):
-    """Select theta = n - 2f updates by repeated Krum (each pick removed from the set),
-    then per coordinate average the beta = theta - 2f values closest to the median of
-    the selection. f: tolerated attackers; needs n > 4f + 2 (the paper's n >= 4f + 3).
+    """Krum-based selection of theta = n - 2f updates, then for every coordinate
+    the mean of the beta = theta - 2f selected values closest to their median.
 
-    iterative : True (the paper): theta successive Krum picks, each on the remaining
-        set; False: the theta lowest Krum scores of one ranking (Flower's Bulyan).
+    Parameters
+    ----------
+    f         : f, the number of Byzantine clients tolerated; needs n >= 4f + 3
+                (the paper's condition, also Flower's; it makes beta >= 3).
+    iterative : True (the paper): apply Krum theta times, each time on the
+                updates not yet selected, with r - f - 2 neighbours for the r
+                remaining (at least 1). False (Flower's Bulyan): the theta lowest
+                Krum scores computed once on all n updates.
+
+    Weights are ignored (as in Flower). scores = Krum scores on all n updates;
+    accepted = the theta selected clients.
     """
 
+    name = "bulyan"
     f: int = 0
     iterative: bool = True
 
     def validate(self) -> None:
-        check_param(is_int(self.f) and self.f >= 0, "bulyan", "f", self.f, "an integer >= 0")
+        owner = self.name
+        check_param(is_int(self.f) and self.f >= 0, owner, "f", self.f, "an integer >= 0")
+        check_param(isinstance(self.iterative, bool), owner, "iterative", self.iterative, "a bool")
 
-    def aggregate(self, U, weights, *, generator=None, rows=None):
-        n, f = len(U), self.f
-        require_clients("bulyan", n, 4 * f + 3, f"Bulyan needs n >= 4f + 3 with f={f}")
-        theta = n - 2 * f
+    def aggregate(self, U, weights, *, generator=None, rows=None) -> AggregationResult:
+        n, f = U.shape[0], self.f
+        require_clients(type(self).__name__, n, 4 * f + 3, f"n >= 4f + 3 with f={f}")
+        theta, beta = n - 2 * f, n - 4 * f
         D = pairwise_sq_distances(U)
-        scores = krum_scores(D, n - f - 2)
-        selected = torch.zeros(n, dtype=torch.bool, device=U.device)
+        scores = krum_scores(D, max(1, n - f - 2))
         if not self.iterative:
-            selected[torch.topk(scores, theta, largest=False).indices] = True
-        for _ in range(theta if self.iterative else 0):  # Krum on the shrinking set; D computed once
-            rest = (~selected).nonzero().squeeze(1)
-            k = len(rest)
-            s = krum_scores(D[rest][:, rest], max(k - f - 2, 1))
-            selected[rest[argmin_by_content(s, U[rest])]] = True
-        S = U[selected]
-        beta = theta - 2 * f
-        vec = by_column_blocks(lambda B: _closest_mean(B, beta), S)
-        return AggregationResult(vec, selected, scores)
+            selected = multikrum_selection(scores, D, theta)
+        else:
+            selected = iterative_krum_selection(D, f, theta)
+        vector = closest_to_median_mean(U[selected], beta)
+        return AggregationResult(vector=vector, accepted=selected, scores=scores)
 
 
-def _closest_mean(B: torch.Tensor, beta: int) -> torch.Tensor:
-    med = coordinate_median(B)
-    idx = (B - med).abs().topk(beta, dim=0, largest=False).indices
-    return B.gather(0, idx).mean(dim=0)
+def iterative_krum_selection(D: torch.Tensor, f: int, theta: int) -> torch.Tensor:
+    """Select theta rows by repeated Krum on the not-yet-selected rows (a loop over
+    the theta selection rounds, each vectorised over all rows)."""
+    n = D.shape[0]
+    inf = torch.tensor(float("inf"), dtype=D.dtype, device=D.device)
+    selected = torch.zeros(n, dtype=torch.bool, device=D.device)
+    for t in range(theta):
+        r = n - t
+        if r == 1:
+            selected |= True
+            break
+        k = min(max(r - f - 2, 1), r - 1)
+        excluded = selected[:, None] | selected[None, :]
+        Dm = torch.where(excluded, inf, D)
+        s = krum_scores(Dm, k)
+        s = torch.where(selected, inf, s)
+        Dr = torch.where(excluded, torch.zeros_like(D), D)
+        selected[int(lowest_scores(s, Dr, 1)[0])] = True
+    return selected
+
+
+def closest_to_median_mean(S: torch.Tensor, beta: int) -> torch.Tensor:
+    """Coordinate-wise mean of the beta values of S closest to the coordinate-wise median."""
+
+    def block(B: torch.Tensor) -> torch.Tensor:
+        med = coordinate_median(B)
+        idx = torch.topk((B - med).abs(), beta, dim=0, largest=False).indices
+        return B.gather(0, idx).mean(dim=0)
+
+    return by_column_blocks(block, S)

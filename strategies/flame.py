@@ -1,8 +1,8 @@
-"""FLAME.
+"""FLAME: clustering, norm clipping and noising against backdoors.
 
-Nguyen, Rieger, Chen, Yalame, Möllering, Fereidooni, Marchal, Miettinen,
+Nguyen, Rieger, Chen, Yalame, Moellering, Fereidooni, Marchal, Miettinen,
 Mirhoseini, Zeitouni, Koushanfar, Sadeghi, Schneider, "FLAME: Taming Backdoors
-in Federated Learning", USENIX Security 2022, arXiv 2101.02281.
+in Federated Learning", USENIX Security 2022, arXiv:2101.02281.
 """
 
 from __future__ import annotations
@@ -11,62 +11,86 @@ from dataclasses import dataclass
 
 import torch
 
-from strategies._functional import clip_factors, coordinate_median, gaussian, row_norms, weighted_mean
-from strategies.base import AggregationResult, Aggregator, check_param, is_real, register_aggregator
+from strategies._functional import clip_factors, coordinate_median, gaussian, row_norms
+from strategies.base import (
+    AggregationResult,
+    Aggregator,
+    check_param,
+    is_real,
+    register_aggregator,
+)
 
 
 @register_aggregator("flame")
 @dataclass(frozen=True, kw_only=True)
 class Flame(Aggregator):
-    """HDBSCAN on pairwise cosine distances (min_cluster_size = n/2 + 1) keeps the
-    majority cluster; every kept update is clipped to S_t, the median norm of all
-    updates; the average gets Gaussian noise of std lam * S_t.
+    """1. HDBSCAN (min_cluster_size = n//2 + 1, min_samples = 1,
+       allow_single_cluster) on the pairwise cosine distances of the updates;
+       the largest cluster is admitted, noise points and other clusters are not.
+    2. S_t = median of |x_i| over all n clients; admitted updates are clipped to S_t.
+    3. Plain average of the clipped admitted updates (the paper averages
+       uniformly; weights are ignored) plus N(0, (lambda S_t)^2 I) noise.
 
-    lam    : the paper's lambda (noise level factor; 0.001 for image tasks).
-    scores : each update's mean cosine distance to the others.
+    Parameters
+    ----------
+    lam : lambda, the noise level relative to S_t (the paper's lambda = 0.001
+          for image classification); 0 disables the noise.
+
+    With n < 3, or if HDBSCAN labels everything noise, every client is
+    admitted (documented fallback: no cluster structure to decide with).
+    scores = mean cosine distance of each client to the admitted clients.
     """
 
+    name = "flame"
     lam: float = 0.001
 
     def validate(self) -> None:
-        check_param(is_real(self.lam) and self.lam >= 0, "flame", "lam", self.lam, "a number >= 0")
+        check_param(is_real(self.lam) and self.lam >= 0, self.name, "lam", self.lam,
+                    "a number >= 0")
 
-    def aggregate(self, U, weights, *, generator=None, rows=None):
-        n = len(U)
-        D = cosine_distances(U)
-        keep = majority_cluster(D)
+    def aggregate(self, U, weights, *, generator=None, rows=None) -> AggregationResult:
+        n, d = U.shape
         norms = row_norms(U)
-        S = coordinate_median(norms[:, None])[0]
-        clipped = U * clip_factors(norms, S).to(U.dtype)[:, None]
-        v = weighted_mean(clipped, weights, keep)
-        if self.lam > 0:
-            v = v + float(self.lam * S) * gaussian(tuple(v.shape), v, generator)
-        mean_dist = D.sum(dim=1) / max(n - 1, 1)
-        return AggregationResult(v, keep, mean_dist)
+        C = cosine_distances(U, norms)
+        admitted = majority_cluster(C)
+        s_t = float(coordinate_median(norms[:, None])[0])
+        coef = clip_factors(norms, s_t) * admitted.to(torch.float64)
+        vector = (coef / admitted.sum()).to(U.dtype) @ U
+        if self.lam > 0 and s_t > 0:
+            vector = vector + (self.lam * s_t) * gaussian((d,), vector, generator)
+        scores = (C * admitted[None, :]).sum(1) / admitted.sum()
+        return AggregationResult(vector=vector, accepted=admitted, scores=scores)
 
 
-def cosine_distances(U: torch.Tensor) -> torch.Tensor:
-    """(n, n) float64 1 - cos(U_i, U_j) from one Gram matrix."""
-    G = (U @ U.T).to(torch.float64)
-    nrm = G.diagonal().clamp_min(1e-300).sqrt()
-    return (1 - G / nrm[:, None] / nrm[None, :]).clamp(0, 2).fill_diagonal_(0)
+def cosine_distances(U: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+    """1 - cos(x_i, x_j) in float64 from one Gram matrix (zero rows: distance 1 to all)."""
+    scale = U.abs().amax().clamp_min(1e-30)
+    Us = U / scale if float(scale) > 1e15 else U
+    G = (Us @ Us.T).to(torch.float64)
+    nrm = G.diagonal().clamp_min(0).sqrt()
+    denom = (nrm[:, None] * nrm[None, :])
+    cos = torch.where(denom > 0, G / denom.clamp_min(1e-300), torch.zeros_like(G)).clamp(-1, 1)
+    C = 1 - cos
+    C.fill_diagonal_(0)
+    return C
 
 
-def majority_cluster(D: torch.Tensor) -> torch.Tensor:
-    """HDBSCAN's largest cluster (all clients if it finds none).
-
-    The one numpy round-trip of the library: sklearn's HDBSCAN is CPU/numpy only,
-    and the input is just the n x n distance matrix, so the cost is negligible.
-    """
+def majority_cluster(C: torch.Tensor) -> torch.Tensor:
+    """Boolean mask of the largest HDBSCAN cluster on the precomputed distance matrix C."""
+    n = C.shape[0]
+    if n < 3:
+        return torch.ones(n, dtype=torch.bool, device=C.device)
+    # The one CPU/numpy round-trip of the library: HDBSCAN has no torch
+    # implementation, and it only sees the small n x n distance matrix.
     from sklearn.cluster import HDBSCAN
 
-    n = D.shape[0]
-    if n < 3:
-        return torch.ones(n, dtype=torch.bool, device=D.device)
-    labels = HDBSCAN(min_cluster_size=n // 2 + 1, min_samples=1, metric="precomputed", copy=True,
-                     allow_single_cluster=True).fit_predict(D.cpu().numpy())
-    labels = torch.as_tensor(labels, device=D.device)
-    valid = labels[labels >= 0]
-    if len(valid) == 0:
-        return torch.ones(n, dtype=torch.bool, device=D.device)
-    return labels == torch.bincount(valid).argmax()
+    labels = HDBSCAN(
+        min_cluster_size=n // 2 + 1, min_samples=1, metric="precomputed", allow_single_cluster=True,
+        copy=True,
+    ).fit_predict(C.cpu().numpy())
+    labels_t = torch.as_tensor(labels, device=C.device)
+    clustered = labels_t[labels_t >= 0]
+    if clustered.numel() == 0:
+        return torch.ones(n, dtype=torch.bool, device=C.device)
+    counts = torch.bincount(clustered)
+    return labels_t == int(torch.argmax(counts))

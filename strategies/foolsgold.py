@@ -1,58 +1,126 @@
-"""FoolsGold.
+"""FoolsGold: down-weighting sybils by the similarity of their updates.
 
 Fung, Yoon, Beschastnikh, "The Limitations of Federated Learning in Sybil
-Settings", RAID 2020, arXiv 1808.04866.
+Settings", RAID 2020, arXiv:1808.04866.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from strategies.base import AggregationResult, Aggregator, check_param, is_real, register_aggregator
+from strategies.base import (
+    AggregationResult,
+    Aggregator,
+    check_param,
+    is_real,
+    register_aggregator,
+)
 
 
 @register_aggregator("foolsgold")
 @dataclass(frozen=True, kw_only=True)
 class FoolsGold(Aggregator):
-    """Down-weight clients whose updates are too similar to each other (sybils).
+    """Per-client weights alpha_i from the pairwise cosine similarities cs_ij of
+    the clients' (historical) updates (Algorithm 1 of the paper):
 
-    cs_ij = cosine similarity; v_i = max_j cs_ij; pardoning cs_ij *= v_i / v_j when
-    v_j > v_i; alpha_i = 1 - max_j cs_ij, rescaled to max 1, then the logit
-    kappa (ln(alpha / (1 - alpha)) + 0.5) clipped to [0, 1].
+        v_i = max_{j != i} cs_ij
+        pardoning: cs_ij <- cs_ij * v_i / v_j  when v_j > v_i (and v_j > 0)
+        alpha_i = 1 - max_{j != i} cs_ij, clipped to [0, 1], divided by max_j alpha_j
+        alpha_i = 0.99 where alpha_i = 1
+        alpha_i = kappa (ln(alpha_i / (1 - alpha_i)) + 0.5), clipped to [0, 1]
 
-    kappa : confidence of the logit (the paper's kappa, 1).
-    Stateless: the paper accumulates each client's history of updates; the rule
-    sees one round's matrix (rows carry no identity), so it uses the round's
-    updates. scores = 1 - alpha.
+    and the output is sum_i alpha_i x_i / sum_i alpha_i (the paper scales each
+    client's learning rate by alpha_i; here the alphas are normalised so the
+    output is an average). If every alpha is 0 (all clients look like sybils of
+    one another) the output is the zero update and nobody is accepted.
+    Example counts are ignored, as in the paper.
+
+    Parameters
+    ----------
+    kappa   : kappa, the confidence parameter of the logit (> 0; paper: 1).
+    history : if True, similarities use each client's accumulated updates H_i
+              (sum over the calls of this rule object), as in the paper. History is
+              keyed by the ROW INDEX of U, so it assumes the same clients in the
+              same row order every round (full participation, rows sorted by
+              client id); it is kept in ``state`` (a mutable dict outside the
+              frozen hyperparameters), grown when a new row index appears, reset when d changes and by
+              ``reset()``. If False (default), only this round's updates are used
+              and the rule is stateless.
+
+    accepted = alpha_i > 0; scores = 1 - alpha_i.
     """
 
+    name = "foolsgold"
     kappa: float = 1.0
+    history: bool = False
+    state: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def validate(self) -> None:
-        check_param(is_real(self.kappa) and self.kappa > 0, "foolsgold", "kappa", self.kappa, "a number > 0")
+        owner = self.name
+        check_param(is_real(self.kappa) and self.kappa > 0, owner, "kappa", self.kappa, "a number > 0")
+        check_param(isinstance(self.history, bool), owner, "history", self.history, "a bool")
 
-    def aggregate(self, U, weights, *, generator=None, rows=None):
-        a = foolsgold_weights(U, self.kappa)
-        keep = a > 0
-        if not bool(keep.any()):  # every client a perfect sybil: nothing is trusted
-            return AggregationResult(torch.zeros(U.shape[1], dtype=U.dtype, device=U.device), keep, 1 - a)
-        c = a if weights is None else a * weights.to(a.dtype)
-        c = c / c.sum() if bool(c.sum() > 0) else a / a.sum()
-        return AggregationResult(c.to(U.dtype) @ U, keep, 1 - a)
+    def reset(self) -> None:
+        self.state.clear()
+
+    def _accumulate(self, U: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Add U's rows to the history rows ``idx``; return those history rows."""
+        d = U.shape[1]
+        n_total = int(idx.max()) + 1
+        hist = self.state.get("H")
+        if hist is None or hist.shape[1] != d or hist.device != U.device or hist.dtype != U.dtype:
+            hist = torch.zeros(n_total, d, dtype=U.dtype, device=U.device)
+        elif hist.shape[0] < n_total:
+            hist = torch.cat([hist, hist.new_zeros(n_total - hist.shape[0], d)])
+        hist = hist.index_add(0, idx, U)
+        self.state["H"] = hist
+        return hist.index_select(0, idx)
+
+    def aggregate(self, U, weights, *, generator=None, rows=None) -> AggregationResult:
+        k, d = U.shape
+        H = U
+        if self.history:
+            idx = torch.arange(k, device=U.device) if rows is None else rows
+            H = self._accumulate(U, idx)
+        alpha = foolsgold_weights(cosine_similarities(H), self.kappa)
+        total = alpha.sum()
+        if bool(total > 0):
+            vector = (alpha / total).to(U.dtype) @ U
+        else:
+            vector = torch.zeros(d, dtype=U.dtype, device=U.device)
+        return AggregationResult(vector=vector, accepted=alpha > 0, scores=1 - alpha)
 
 
-def foolsgold_weights(U: torch.Tensor, kappa: float) -> torch.Tensor:
-    n = len(U)
-    G = (U @ U.T).to(torch.float64)
-    nrm = G.diagonal().clamp_min(1e-300).sqrt()
-    cs = (G / nrm[:, None] / nrm[None, :]).fill_diagonal_(-float("inf"))
-    v = cs.max(dim=1).values
-    pardon = (v[None, :] > v[:, None])  # v_j > v_i
-    cs = torch.where(pardon, cs * v[:, None] / v[None, :], cs).fill_diagonal_(-float("inf"))
-    a = (1 - cs.max(dim=1).values).clamp(0, 1) if n > 1 else torch.ones(1, dtype=torch.float64, device=U.device)
-    a = a / a.max() if bool(a.max() > 0) else a
-    a = torch.where(a >= 1, torch.full_like(a, 0.99), a)
-    logit = kappa * (torch.log(a / (1 - a)) + 0.5)
-    return torch.where(a > 0, logit.clamp(0, 1), torch.zeros_like(a))
+def cosine_similarities(X: torch.Tensor) -> torch.Tensor:
+    """(n, n) float64 cosine similarities (0 for zero rows)."""
+    scale = float(X.abs().amax())
+    Xs = X / scale if scale > 1e15 else X
+    G = (Xs @ Xs.T).to(torch.float64)
+    nrm = G.diagonal().clamp_min(0).sqrt()
+    denom = nrm[:, None] * nrm[None, :]
+    return torch.where(denom > 0, G / denom.clamp_min(1e-300), torch.zeros_like(G)).clamp(-1, 1)
+
+
+def foolsgold_weights(cs: torch.Tensor, kappa: float) -> torch.Tensor:
+    """FoolsGold's alpha (float64, in [0, 1]) from the cosine-similarity matrix."""
+    n = cs.shape[0]
+    if n == 1:
+        return torch.ones(1, dtype=cs.dtype, device=cs.device)
+    eye = torch.eye(n, dtype=torch.bool, device=cs.device)
+    cs = cs.masked_fill(eye, float("-inf"))
+    v = cs.amax(dim=1)
+    pardon = (v[None, :] > v[:, None]) & (v[None, :] > 0)
+    ratio = torch.where(pardon, v[:, None] / v[None, :].clamp_min(1e-300), torch.ones_like(cs))
+    cs = torch.where(eye, cs, cs * ratio)
+    alpha = (1 - cs.amax(dim=1)).clamp(0, 1)
+    top = alpha.max()
+    if not bool(top > 0):
+        return torch.zeros_like(alpha)
+    alpha = alpha / top
+    alpha = torch.where(alpha >= 1, torch.full_like(alpha, 0.99), alpha)
+    with torch.no_grad():
+        logit = kappa * (torch.log(alpha / (1 - alpha)) + 0.5)
+    logit = torch.nan_to_num(logit, nan=0.0, posinf=1.0, neginf=0.0)
+    return logit.clamp(0, 1)

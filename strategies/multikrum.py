@@ -1,7 +1,8 @@
 """Multi-Krum.
 
 Blanchard, El Mhamdi, Guerraoui, Stainer, "Machine Learning with Adversaries:
-Byzantine Tolerant Gradient Descent", NeurIPS 2017.
+Byzantine Tolerant Gradient Descent", NeurIPS 2017, arXiv:1703.02757
+(Multi-Krum is defined in Section 4 of the arXiv version).
 """
 
 from __future__ import annotations
@@ -10,32 +11,59 @@ from dataclasses import dataclass
 
 import torch
 
-from strategies._functional import krum_scores, pairwise_sq_distances, weighted_mean
-from strategies.base import AggregationResult, Aggregator, check_param, is_int, register_aggregator, require_clients
+from strategies._functional import krum_scores, lowest_scores, pairwise_sq_distances, weighted_mean
+from strategies.base import (
+    AggregationResult,
+    Aggregator,
+    check_param,
+    is_int,
+    register_aggregator,
+    require_clients,
+)
 
 
 @register_aggregator("multikrum")
 @dataclass(frozen=True, kw_only=True)
 class MultiKrum(Aggregator):
-    """Average the m updates with the lowest Krum scores (weighted by examples).
+    """Average the m updates with the lowest Krum scores.
 
-    f : tolerated attackers (neighbours counted: n - f - 2); needs n > 2f + 2.
-    m : updates kept; None = n - f.
+    Parameters
+    ----------
+    f : f, the number of Byzantine clients tolerated; needs n > 2f + 2.
+    m : m, how many updates to average (1 <= m <= n); None means n - f.
+
+    The average is weighted by the example counts when given (as Flower's
+    MultiKrum, which averages the selected replies with ``num-examples``).
+    scores = Krum scores; accepted = the m selected clients.
     """
 
+    name = "multikrum"
     f: int = 0
     m: int | None = None
 
     def validate(self) -> None:
-        check_param(is_int(self.f) and self.f >= 0, "multikrum", "f", self.f, "an integer >= 0")
-        check_param(self.m is None or (is_int(self.m) and self.m >= 1), "multikrum", "m", self.m,
+        owner = self.name
+        check_param(is_int(self.f) and self.f >= 0, owner, "f", self.f, "an integer >= 0")
+        check_param(self.m is None or (is_int(self.m) and self.m >= 1), owner, "m", self.m,
                     "None or an integer >= 1")
 
-    def aggregate(self, U, weights, *, generator=None, rows=None):
-        n = len(U)
-        require_clients("multikrum", n, 2 * self.f + 3, f"Krum needs n > 2f + 2 with f={self.f}")
-        m = min(self.m if self.m is not None else n - self.f, n)
-        s = krum_scores(pairwise_sq_distances(U), n - self.f - 2)
-        keep = torch.zeros(n, dtype=torch.bool, device=U.device)
-        keep[torch.topk(s, m, largest=False).indices] = True
-        return AggregationResult(weighted_mean(U, weights, keep), keep, s)
+    def aggregate(self, U, weights, *, generator=None, rows=None) -> AggregationResult:
+        n = U.shape[0]
+        owner = self.name
+        require_clients(owner, n, 2 * self.f + 3, f"n > 2f + 2 with f={self.f}")
+        m = n - self.f if self.m is None else self.m
+        if m > n:
+            raise ValueError(f"{owner}: m={m} exceeds the number of finite clients n={n}")
+        D = pairwise_sq_distances(U)
+        scores = krum_scores(D, n - self.f - 2)
+        accepted = multikrum_selection(scores, D, m)
+        return AggregationResult(vector=weighted_mean(U, weights, accepted), accepted=accepted,
+                                 scores=scores)
+
+
+def multikrum_selection(scores: torch.Tensor, D: torch.Tensor, m: int) -> torch.Tensor:
+    """Boolean mask of the m lowest scores (ties: see ``lowest_scores``)."""
+    order = lowest_scores(scores, D, m)
+    mask = torch.zeros(scores.shape[0], dtype=torch.bool, device=scores.device)
+    mask[order] = True
+    return mask

@@ -33,7 +33,17 @@ def run(
     def main(grid, context) -> None:
         holder.append(run_server(grid, scenario, output=output, progress=progress))
 
-    ENGINES.get(scenario.run.engine)(scenario, main, on_reply=getattr(progress, "on_reply", None))
+    import logging
+
+    # Flower logs every round at INFO, including the train config (the whole scenario
+    # text); keep its warnings, silence the chatter, restore the caller's level.
+    flwr_logger = logging.getLogger("flwr")
+    level = flwr_logger.level
+    flwr_logger.setLevel(max(level, logging.WARNING))
+    try:
+        ENGINES.get(scenario.run.engine)(scenario, main, on_reply=getattr(progress, "on_reply", None))
+    finally:
+        flwr_logger.setLevel(level)
     if not holder:
         raise RuntimeError(f"engine {scenario.run.engine!r} finished without a result")
     return holder[0]

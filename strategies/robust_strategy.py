@@ -137,10 +137,17 @@ class RobustStrategy(FedAvg):
         float_keys = [k for k, v in self._sent.items() if v.is_floating_point()]
         g_flat = _flatten(self._sent, float_keys, self.device)
         U = torch.stack([_flatten(g[1], float_keys, self.device) for g in good]) - g_flat
-        nonfinite = [p for p, ok in zip(pids, torch.isfinite(U).all(1).tolist()) if not ok]
         gen = generator(self.seed, "aggregate", server_round, device=self.device)
         if self.adversary is not None:
             U = self.adversary(server_round, U, pids, gen)
+        finite = torch.isfinite(U).all(1)
+        nonfinite = [p for p, ok in zip(pids, finite.tolist()) if not ok]
+        if not bool(finite.any()):
+            # Nothing usable arrived: the global model stays as it was (Flower keeps the
+            # previous arrays when aggregate_train returns None) and the round is recorded.
+            log(WARNING, "round %s: every update is non-finite; global model unchanged", server_round)
+            self.last_round.update(accepted=[], nonfinite=nonfinite, scores=None)
+            return None, None
         weights = torch.tensor([g[2] for g in good], dtype=torch.float32, device=self.device)
         out = self.aggregator(U, weights=weights, generator=gen)
         accepted_mask = out.accepted.cpu().tolist()

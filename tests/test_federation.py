@@ -108,3 +108,14 @@ def test_flower_engine_matches_inline_bitwise(tmp_path):
     assert [r["sampled"] for r in a.history] == [r["sampled"] for r in b.history]
     sa, sb = a.model.state_dict(), b.model.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_a_round_where_every_update_is_nonfinite_keeps_the_global_model(tmp_path):
+    s = load_scenario(QUICK, ["server.rounds=3", "data.num_clients=4", "client.epochs=1",
+                              'attack=[{behaviour = "fault", partitions = [0, 1, 2, 3], params = {mode = "inf"},'
+                              ' start_round = 2, end_round = 2}]'])
+    r = run(s, output=tmp_path)
+    assert r.history[1]["accepted"] == [] and r.history[1]["nonfinite"] == [0, 1, 2, 3]
+    assert r.history[1]["clean_acc"] == r.history[0]["clean_acc"]  # round 2 changed nothing
+    assert r.history[2]["accepted"] == [0, 1, 2, 3]
+    assert all(torch.isfinite(v).all() for v in r.model.state_dict().values())

@@ -21,7 +21,9 @@ NeurIPS 2018, arXiv:1810.04650), whose two-task case has the closed form
 
 the minimiser of ``||alpha g_m + (1 - alpha) g_*||`` with ``g_m``, ``g_*`` the
 parameter gradients of ``l_m`` and ``l_m*``; it is then clipped to
-``[min_weight, 1 - min_weight]`` so neither task is dropped. The weights of
+``[min_weight, 1 - min_weight]`` so neither task is dropped. ``mgda_normalize``
+rescales the gradients first (``"loss"``: ``g_i / l_i``; ``"l2"``: unit norm,
+which always gives 1/2), as in Sener & Koltun's solver options. The weights of
 the last batch are kept in ``last_weights``. The paper's optional third
 (evasion) loss is not implemented. The server measures the ASR of the trigger
 under the name ``"code_poisoning"``.
@@ -50,6 +52,9 @@ class CodePoisoningParams:
     """Balance the two losses per batch with two-task MGDA instead of fixed weights."""
     min_weight: float = 0.01
     """MGDA: keep each weight in [min_weight, 1 - min_weight]."""
+    mgda_normalize: str = "loss"
+    """MGDA gradient normalisation before solving (Sener & Koltun's options): 'none', 'loss'
+    (g_i / l_i, so the task whose loss is already small is not favoured), 'l2' (g_i / ||g_i||)."""
     trigger: Trigger | dict = field(default_factory=lambda: Trigger(kind="patch", size=3))
 
     def __post_init__(self) -> None:
@@ -59,6 +64,8 @@ class CodePoisoningParams:
         check(isinstance(self.mgda, bool), "mgda", self.mgda, "true or false")
         check(is_num(self.min_weight) and 0 <= self.min_weight < 0.5, "min_weight",
               self.min_weight, "a number in [0, 0.5)")
+        check(self.mgda_normalize in ("none", "loss", "l2"), "mgda_normalize", self.mgda_normalize,
+              "'none', 'loss' or 'l2'")
         coerce_trigger(self)
 
 
@@ -99,10 +106,19 @@ class CodePoisoning(Behaviour):
             g1 = torch.autograd.grad(task, params, retain_graph=True, allow_unused=True)
             g2 = torch.autograd.grad(backdoor, params, retain_graph=True, allow_unused=True)
             keep = [(u, v) for u, v in zip(g1, g2) if u is not None and v is not None]
-            a = mgda_two_task([u for u, _ in keep], [v for _, v in keep])
+            n1, n2 = self._norms([u for u, _ in keep], [v for _, v in keep], task, backdoor)
+            a = mgda_two_task([u / n1 for u, _ in keep], [v / n2 for _, v in keep])
             a = min(max(a, p.min_weight), 1 - p.min_weight)
         self.last_weights = (a, 1.0 - a)
         return a * task + (1 - a) * backdoor
+
+    def _norms(self, g1, g2, l1: torch.Tensor, l2: torch.Tensor) -> tuple[float, float]:
+        mode = self.params.mgda_normalize
+        if mode == "loss":
+            return max(float(l1.detach()), 1e-12), max(float(l2.detach()), 1e-12)
+        if mode == "l2":
+            return max(_dot(g1, g1) ** 0.5, 1e-12), max(_dot(g2, g2) ** 0.5, 1e-12)
+        return 1.0, 1.0
 
     def eval_triggers(self, coalition: tuple[int, ...]) -> dict[str, EvalTrigger]:
         return {"code_poisoning": EvalTrigger(self.params.trigger.apply, target=self.params.target)}

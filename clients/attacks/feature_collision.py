@@ -14,7 +14,8 @@ with ``f`` the penultimate-layer features of the received global model, by the
 paper's forward-backward splitting iteration (Algorithm 1): a gradient step
 ``x^ = x - lambda grad_x ||f(x) - f(t)||^2`` (forward) and the proximal step
 ``x = (x^ + lambda beta b) / (1 + lambda beta)`` (backward), then clipped to
-[0, 1]. ``beta = beta_0 * dim_f^2 / dim_b^2`` as in the paper (there dim_f =
+[0, 1]; a step that raises a poison's objective is undone and that poison's
+``lambda`` halved (a safeguard Algorithm 1 does not have). ``beta = beta_0 * dim_f^2 / dim_b^2`` as in the paper (there dim_f =
 2048, the Inception feature size; here the model's feature size). For
 end-to-end training the paper watermarks the target onto the bases,
 ``b <- (1 - opacity) b + opacity t`` (``opacity``, 0.3 in the paper; 0 = off).

@@ -92,8 +92,9 @@ def test_mgda_closed_form_on_hand_made_gradients():
         assert a == pytest.approx(_brute_min_norm(g1, g2), abs=2e-4)
 
 
-def test_code_poisoning_mgda_weights_are_the_min_norm_blend(digits):
-    b = get_behaviour("code_poisoning", mgda=True, min_weight=0.05, target=2)
+@pytest.mark.parametrize("normalize", ["none", "loss"])
+def test_code_poisoning_mgda_weights_are_the_min_norm_blend(digits, normalize):
+    b = get_behaviour("code_poisoning", mgda=True, min_weight=0.05, target=2, mgda_normalize=normalize)
     model = fresh_cnn(2)
     x, y = digits.train.x[:32], digits.train.y[:32]
     loss = b.loss(model, x, y, ctx_for())
@@ -103,14 +104,21 @@ def test_code_poisoning_mgda_weights_are_the_min_norm_blend(digits):
     task = F.cross_entropy(model(x), y)
     bd = F.cross_entropy(model(b.params.trigger.apply(x)), torch.full_like(y, 2))
     g1 = torch.autograd.grad(task, params, retain_graph=True)
-    g2 = torch.autograd.grad(bd, params)
+    g2 = torch.autograd.grad(bd, params, retain_graph=True)
+    if normalize == "loss":
+        g1, g2 = [g / float(task.detach()) for g in g1], [g / float(bd.detach()) for g in g2]
     assert a0 == pytest.approx(min(max(mgda_two_task(g1, g2), 0.05), 0.95), rel=1e-5)
-    assert float(loss.detach()) == pytest.approx(float(a0 * task + a1 * bd), rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(float((a0 * task + a1 * bd).detach()), rel=1e-5)
+    l2 = get_behaviour("code_poisoning", mgda=True, mgda_normalize="l2")
+    l2.loss(model, x, y, ctx_for())
+    assert l2.last_weights[0] == pytest.approx(0.5)  # unit-norm gradients: the bisector
 
 
 def test_code_poisoning_validates():
     with pytest.raises(ValueError, match="task_weight"):
         get_behaviour("code_poisoning", task_weight=1.5)
+    with pytest.raises(ValueError, match="mgda_normalize"):
+        get_behaviour("code_poisoning", mgda=True, mgda_normalize="max")
     with pytest.raises(ValueError, match="min_weight"):
         get_behaviour("code_poisoning", mgda=True, min_weight=0.5)
     b = get_behaviour("code_poisoning", target=12)

@@ -101,3 +101,10 @@ def test_joins_an_existing_two_node_cluster(tmp_path):
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 os.killpg(p.pid, signal.SIGKILL)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_flower_engine_after_ray_engine_in_one_process(tmp_path):
+    """The ray engine's pool must not starve Flower's own Ray actors afterwards."""
+    run(load_scenario(QUICK, BASE + ['run.engine="ray"']), output=tmp_path)
+    b = run(load_scenario(QUICK, BASE + ['run.engine="flower"']), output=tmp_path)
+    assert len(b.history) == 2

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 import traceback
 import uuid
@@ -158,6 +159,10 @@ def run_flower(scenario, main: ServerMain, *, on_reply=None) -> None:
             failure.append(e)
             raise
 
+    # Our ray engine's actor pool holds the cluster's CPUs; Flower's own actors would wait
+    # for them forever, so hand them back first.
+    if "fedsec.federation.ray_engine" in sys.modules:
+        sys.modules["fedsec.federation.ray_engine"].shutdown()
     init_args: dict[str, Any] = {"logging_level": 30, "log_to_driver": False}
     address = scenario.run.ray_address or os.environ.get("RAY_ADDRESS", "")
     if address:

@@ -184,7 +184,7 @@ class PluginConfig:
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
     seed: int = 0
-    engine: str = "inline"
+    engine: str = "ray"
     output: str = "runs"
     device: str = "cpu"
     num_cpus: float = 1.0

@@ -34,8 +34,11 @@ def scoped_seed(seed: int, *keys: object) -> Iterator[None]:
     parameter init, dropout in user models): the caller's RNG state is left as
     it was, so library code never leaks a manual_seed.
     """
+    # default_generator, not torch.manual_seed: the latter also queues a lazy CUDA
+    # seeding that captures a stack trace per call (~5 ms deep inside Flower) and
+    # would leak past fork_rng(devices=[]).
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(seed, *keys))
+        torch.default_generator.manual_seed(derive_seed(seed, *keys))
         yield
 
 

@@ -12,4 +12,4 @@ torch.set_num_threads(1)
 @pytest.fixture
 def tiny_overrides():
     """A federation small enough for a unit test (a couple of seconds inline)."""
-    return ["server.rounds=2", "data.num_clients=4", "client.epochs=1"]
+    return ["server.rounds=2", "data.num_clients=4", "client.epochs=1", 'run.engine="inline"']

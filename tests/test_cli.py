@@ -41,7 +41,7 @@ def test_craft_backdoor_then_a_federation_starts_from_it(tmp_path):
     res = runner.invoke(app, ["craft-backdoor", str(ckpt), "--epochs", "2"])
     assert res.exit_code == 0, res.output
     assert ckpt.is_file() and "ASR" in res.output
-    res = runner.invoke(app, ["run", "experiments/quickstart.toml", "--set", "server.rounds=1",
+    res = runner.invoke(app, ["run", "experiments/quickstart.toml", "--set", "server.rounds=1", "--set", 'run.engine="inline"',
                               "--set", "data.num_clients=4", "--set", f'model.init="{ckpt}"',
                               "--output", str(tmp_path / "runs")])
     assert res.exit_code == 0, res.output
@@ -56,7 +56,7 @@ def test_craft_backdoor_bad_argument_is_a_clear_error(tmp_path):
 
 
 def test_distill_a_run_model_with_its_embedded_scenario(tmp_path):
-    res = runner.invoke(app, ["run", "experiments/quickstart.toml", "--set", "server.rounds=1",
+    res = runner.invoke(app, ["run", "experiments/quickstart.toml", "--set", "server.rounds=1", "--set", 'run.engine="inline"',
                               "--set", "data.num_clients=4", "--output", str(tmp_path)])
     assert res.exit_code == 0, res.output
     (d,) = list(tmp_path.iterdir())

@@ -11,6 +11,7 @@ from fedsec.plugins import PLUGINS, Plugin, register_plugin
 from fedsec.results import read_run
 
 QUICK = "experiments/quickstart.toml"
+INLINE = 'run.engine="inline"'  # quickstart uses the default engine (ray)
 ROW_KEYS = {"round", "clean_acc", "asr", "accepted", "malicious", "detection", "seconds", "sampled", "failed"}
 
 if "test_interrupt" not in PLUGINS:
@@ -26,7 +27,7 @@ if "test_interrupt" not in PLUGINS:
 
 
 def small(tmp_path, *extra):
-    return load_scenario(QUICK, ["server.rounds=3", "data.num_clients=6", "client.epochs=2", *extra])
+    return load_scenario(QUICK, [INLINE, "server.rounds=3", "data.num_clients=6", "client.epochs=2", *extra])
 
 
 def test_inline_run_learns_and_writes_the_run_directory(tmp_path):
@@ -72,7 +73,7 @@ def test_partial_participation_is_seeded_by_round(tmp_path):
 
 
 def test_failed_and_nonfinite_clients_never_reach_the_model(tmp_path):
-    s = load_scenario(QUICK, [
+    s = load_scenario(QUICK, [INLINE, 
         "server.rounds=3", "data.num_clients=6", "client.epochs=2",
         'attack=[{behaviour = "fault", partitions = [1]}, {behaviour = "fault", partitions = [4], params = {mode = "nan"}}]',
     ])
@@ -89,7 +90,7 @@ def test_failed_and_nonfinite_clients_never_reach_the_model(tmp_path):
 
 
 def test_interrupted_run_leaves_valid_files(tmp_path):
-    s = load_scenario(QUICK, ["server.rounds=4", "data.num_clients=4", "client.epochs=1",
+    s = load_scenario(QUICK, [INLINE, "server.rounds=4", "data.num_clients=4", "client.epochs=1",
                               'plugins=[{name = "test_interrupt", params = {at_round = 3}}]'])
     with pytest.raises(KeyboardInterrupt):
         run(s, output=tmp_path)
@@ -111,7 +112,7 @@ def test_flower_engine_matches_inline_bitwise(tmp_path):
 
 
 def test_a_round_where_every_update_is_nonfinite_keeps_the_global_model(tmp_path):
-    s = load_scenario(QUICK, ["server.rounds=3", "data.num_clients=4", "client.epochs=1",
+    s = load_scenario(QUICK, [INLINE, "server.rounds=3", "data.num_clients=4", "client.epochs=1",
                               'attack=[{behaviour = "fault", partitions = [0, 1, 2, 3], params = {mode = "inf"},'
                               ' start_round = 2, end_round = 2}]'])
     r = run(s, output=tmp_path)

@@ -95,6 +95,8 @@ def pool_size(num_cpus: float, num_gpus: float) -> int:
 
 
 class ActorPool:
+    DEPTH = 2  # calls queued per actor
+
     def __init__(self, num_cpus: float, num_gpus: float, size: int) -> None:
         ray = _ray()
         self.cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)(_Worker)
@@ -102,11 +104,9 @@ class ActorPool:
         ray.get([a.ping.remote() for a in self.actors])
         self.replaced = 0
 
-    def replace(self, dead) -> Any:
-        fresh = self.cls.remote()
-        self.actors[self.actors.index(dead)] = fresh
+    def replace(self, slot: int) -> None:
+        self.actors[slot] = self.cls.remote()
         self.replaced += 1
-        return fresh
 
     def run(self, messages: list[Message], contexts: list[Context], on_reply=None) -> list[Message]:
         ray = _ray()
@@ -117,28 +117,49 @@ class ActorPool:
                 refs[id(m.content)] = ray.put(m.content)
         replies: list[Message | None] = [None] * len(messages)
         pending = list(range(len(messages)))
-        running: dict[Any, tuple[int, Any]] = {}
-        idle = list(self.actors)
-        while pending or running:
-            while pending and idle:
-                i, actor = pending.pop(0), idle.pop()
+        running: dict[Any, tuple[int, int]] = {}  # ref -> (message index, actor slot)
+        # Up to DEPTH calls queued per actor, so an actor never idles through the
+        # driver's reply/dispatch round trip (a few ms each on a busy 2-core host).
+        # An actor runs its calls in submission order, so the head of its queue is
+        # the call that was running when it died: only that one gets an error reply,
+        # the calls queued behind it are re-sent (which client fails never depends
+        # on scheduling).
+        queues: list[list[Any]] = [[] for _ in self.actors]
+
+        def fill(slot: int) -> None:
+            while pending and len(queues[slot]) < self.DEPTH:
+                i = pending.pop(0)
                 m = messages[i]
-                shell = _without_content(m)
-                ref = actor.call.remote(shell, refs[id(m.content)], contexts[i])
-                running[ref] = (i, actor)
+                ref = self.actors[slot].call.remote(_without_content(m), refs[id(m.content)], contexts[i])
+                running[ref] = (i, slot)
+                queues[slot].append(ref)
+
+        for slot in range(len(self.actors)):
+            fill(slot)
+        while running:
             done, _ = ray.wait(list(running), num_returns=1)
             for ref in done:
-                i, actor = running.pop(ref)
+                if ref not in running:  # already handled with its dead actor's queue
+                    continue
+                i, slot = running[ref]
                 try:
                     reply, ctx = ray.get(ref)
-                    contexts[i].state = ctx.state
-                    idle.append(actor)
                 except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as e:
+                    i = running[queues[slot][0]][0]
+                    pending[:0] = [running[r][0] for r in queues[slot][1:]]
+                    for r in queues[slot]:
+                        running.pop(r)
+                    queues[slot].clear()
+                    self.replace(slot)
                     reply = error_reply(messages[i], RuntimeError(f"client actor died: {e}"))
-                    idle.append(self.replace(actor))
+                else:
+                    contexts[i].state = ctx.state
+                    running.pop(ref)
+                    queues[slot].remove(ref)
                 replies[i] = reply
                 if on_reply:
                     on_reply(reply)
+                fill(slot)
         return replies  # type: ignore[return-value]
 
 

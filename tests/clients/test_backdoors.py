@@ -229,7 +229,7 @@ def test_craft_backdoor_validates(tmp_path, kw, field):
 # -- end to end ------------------------------------------------------------------------------
 def test_dba_federation_reports_the_global_trigger_asr(tmp_path):
     s = load_scenario("experiments/quickstart.toml", [
-        "server.rounds=2", "data.num_clients=4", "client.epochs=2",
+        "server.rounds=2", "data.num_clients=4", "client.epochs=2", 'run.engine="inline"',
         'attack=[{behaviour="dba", partitions=[0, 1], params={poison_fraction=0.3}}]'])
     r = run(s, output=tmp_path)
     assert set(r.history[-1]["asr"]) == {"dba"}

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from strategies._functional import coordinate_median, top_direction, weighted_mean
+from strategies._functional import coordinate_median, max_abs, top_direction, weighted_mean
 from strategies.base import (
     AggregationResult,
     Aggregator,
@@ -103,7 +103,7 @@ def _top_projection(
     Rows are scaled by their largest centred entry when squares could overflow
     float32; lambda is scaled back in float64 and tau computed in float64."""
     Xc = U[kept] - mu
-    s = float(Xc.abs().amax())
+    s = max_abs(Xc)
     s = s if (math.isfinite(s) and s > 1e15 and U.dtype == torch.float32) else 1.0
     lam, v = top_direction(Xc / s if s != 1.0 else Xc, generator)
     proj = (U / s if s != 1.0 else U) @ v - (mu / s) @ v

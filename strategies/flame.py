@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from strategies._functional import clip_factors, coordinate_median, gaussian, row_norms
+from strategies._functional import clip_factors, coordinate_median, gaussian, max_abs, row_norms
 from strategies.base import (
     AggregationResult,
     Aggregator,
@@ -64,8 +64,8 @@ class Flame(Aggregator):
 
 def cosine_distances(U: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
     """1 - cos(x_i, x_j) in float64 from one Gram matrix (zero rows: distance 1 to all)."""
-    scale = U.abs().amax().clamp_min(1e-30)
-    Us = U / scale if float(scale) > 1e15 else U
+    scale = max_abs(U)
+    Us = U / scale if scale > 1e15 else U
     G = (Us @ Us.T).to(torch.float64)
     nrm = G.diagonal().clamp_min(0).sqrt()
     denom = (nrm[:, None] * nrm[None, :])

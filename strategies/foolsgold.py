@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from strategies._functional import max_abs
 from strategies.base import (
     AggregationResult,
     Aggregator,
@@ -95,7 +96,7 @@ class FoolsGold(Aggregator):
 
 def cosine_similarities(X: torch.Tensor) -> torch.Tensor:
     """(n, n) float64 cosine similarities (0 for zero rows)."""
-    scale = float(X.abs().amax())
+    scale = max_abs(X)
     Xs = X / scale if scale > 1e15 else X
     G = (Xs @ Xs.T).to(torch.float64)
     nrm = G.diagonal().clamp_min(0).sqrt()

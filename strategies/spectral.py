@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from strategies._functional import weighted_mean
+from strategies._functional import max_abs, weighted_mean
 from strategies.base import (
     AggregationResult,
     Aggregator,
@@ -62,7 +62,7 @@ def spectral_scores(U: torch.Tensor) -> torch.Tensor:
     n, d = U.shape
     mu = U.mean(dim=0)
     Xc = U - mu
-    s = float(Xc.abs().amax())
+    s = max_abs(Xc)
     s = s if (math.isfinite(s) and s > 1e15 and U.dtype == torch.float32) else 1.0
     Xs = Xc / s if s != 1.0 else Xc
     if n <= d:

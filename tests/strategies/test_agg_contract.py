@@ -69,6 +69,18 @@ def test_nonfinite_row_is_dropped(name, bad):
         assert out.scores[5] == float("inf")
 
 
+def test_finite_rows_is_exact_when_a_row_sum_overflows():
+    from strategies.base import finite_rows
+
+    U = torch.zeros(5, 4)
+    U[0] = 3e38                      # finite entries, float32 row sum overflows to inf
+    U[1, 1], U[1, 2] = float("inf"), float("-inf")   # sum is NaN
+    U[2, 3] = float("nan")
+    U[3, 0] = -float("inf")
+    assert finite_rows(U).tolist() == [True, False, False, False, True]
+    assert finite_rows(U).tolist() == torch.isfinite(U).all(dim=1).tolist()
+
+
 def test_all_rows_nonfinite_is_an_error():
     with pytest.raises(ValueError, match="no finite"):
         make("mean")(torch.full((3, 2), float("nan")))

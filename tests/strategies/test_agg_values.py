@@ -186,3 +186,17 @@ def test_flower_parity(seed):
     ref = torch.from_numpy(aggregate_n_closest_weights(med, sel_nd, beta_b)[0])
     torch.testing.assert_close(get_aggregator("bulyan", f=f, iterative=False)(U).vector, ref,
                                rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("n,f", [(100, 10), (64, 16), (20, 2), (101, 25)])
+def test_trimmed_mean_both_paths_match_scipy_with_ties_and_outliers(n, f):
+    """n >= 64 with few trimmed takes the topk-mask path, the rest the sort path."""
+    from scipy.stats import trim_mean
+
+    U = randn(n, 50, seed=n)
+    U[3] = 1e30                 # a huge client is trimmed, never cancels the others
+    U[:, 5] = 1.0               # an all-tied column
+    U[: n // 2, 7] = 2.0        # half tied
+    out = get_aggregator("trimmed_mean", f=f)(U).vector
+    ref = torch.from_numpy(trim_mean(U.double().numpy(), f / n, axis=0)).float()
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markdown import Markdown
 from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -71,6 +72,11 @@ def run(
     console.print(f"final clean accuracy: [bold]{result.summary['final_clean_acc']:.4f}[/]")
     for k, v in result.summary.get("final_asr", {}).items():
         console.print(f"final ASR {k}: {v:.4f}")
+    # A plugin's human-readable report (watermark.md, abd.md) is printed with the run.
+    for name in dict.fromkeys(pl.name for pl in s.plugins) if result.run_dir else ():
+        report = result.run_dir / f"{name}.md"
+        if report.is_file():
+            console.print(Markdown(report.read_text()))
     console.print(f"run directory: {result.run_dir}")
 
 

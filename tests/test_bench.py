@@ -152,7 +152,7 @@ def test_sweep_end_to_end_resume_and_report(tmp_path):
     asr = {r["aggregator"]: float(r["max_asr"]) for r in rows if r["attack"] == "badnets"}
     assert f"| badnets | {asr['mean']:.3f} | {asr['median']:.3f} |" in md
     plots = {p.name for p in (out / "plots").iterdir()}
-    assert {"heatmap_final_clean_acc.png", "heatmap_max_asr.png", "curves_none.png",
+    assert {"heatmap_final_clean_acc.png", "heatmap_final_asr.png", "heatmap_max_asr.png", "curves_none.png",
             "curves_badnets.png"} <= plots
 
     # A process killed mid-run leaves status "running" and no summary.json.

@@ -68,3 +68,17 @@ def test_distill_a_run_model_with_its_embedded_scenario(tmp_path):
     assert "Teacher" in out.read_text() or "teacher" in out.read_text()
     bad = runner.invoke(app, ["distill", str(d / "model.safetensors"), "--param", "stepz=3"])
     assert bad.exit_code == 2 and "invalid ABD option" in bad.output
+
+
+def test_run_prints_a_plugin_report(tmp_path):
+    """`fedsec run` prints the watermark plugin's paper-style table after the rounds."""
+    wm = ('plugins=[{name = "watermark", params = {n_surrogate = 128, n_verify_ood = 64, epochs = 1, '
+          'perturb_epochs = 1, attacks = ["FT-LL"], attack_epochs = 1, control_epochs = 1}}]')
+    res = runner.invoke(app, ["run", "experiments/quickstart.toml", "--set", "server.rounds=1",
+                              "--set", 'run.engine="inline"', "--set", "data.num_clients=4",
+                              "--set", wm, "--output", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    (d,) = list(tmp_path.iterdir())
+    assert (d / "watermark.md").is_file()
+    for text in ("OoD WSR", "FT-LL", "negative control"):
+        assert text in res.output

@@ -7,7 +7,8 @@ A plugin is a class registered by name, built from ``[[plugins]]`` entries
   aggregation and before centralized evaluation; a returned model replaces the
   global model (it is what the next round sends).
 - ``on_run_end(model, ctx) -> dict``: figures for summary.json (under the
-  plugin's name).
+  plugin's name). A plugin may also write ``<name>.md`` into ``ctx.run_dir``;
+  ``fedsec run`` prints it after the per-round table.
 
 Per-round figures a plugin wants in metrics.jsonl go into ``ctx.round_metrics``
 (a dict the server writes with that round's line). Plugins see the scenario,

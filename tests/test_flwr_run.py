@@ -117,7 +117,7 @@ def _ansi_free(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
-@pytest.mark.slow  # ~60-75 s on 2 busy cores: Ray start/stop dominates (the round takes ~7 s)
+# 30-75 s on 2 cores (Ray start/stop dominates): in CI, since it is the only test of `flwr run .`
 @pytest.mark.skipif(not FLWR.exists(), reason="no flwr CLI next to the interpreter")
 def test_flwr_run_local_simulation(tmp_path):
     flwr_home, out = tmp_path / "flwr-home", tmp_path / "runs"

@@ -14,7 +14,8 @@ Defaults follow DBA's multiple-shot setting (A-M): 4 attackers among the 10
 clients of every round (the paper: 10 of 100 sampled, 4 of them attackers, every
 round), attacks starting on a partly trained model. With 4 attackers among 20
 clients every DBA piece carries only 5% of the average and honest rounds erase
-it (DBA final ASR 0.14 vs BadNets 0.57 there, ``--clients 20 --start-round 1``).
+it (DBA final ASR 0.14 vs BadNets 0.57 there, ``--clients 20 --rounds 10 --epochs 5
+--start-round 1``).
 
 Prints clean accuracy and ASR per round for every run, then a final table.
 """

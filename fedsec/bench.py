@@ -225,10 +225,12 @@ def _read_base(raw: Any, base_dir: Path) -> dict[str, Any]:
     candidates = [base_dir / raw, Path(raw)] if not Path(raw).is_absolute() else [Path(raw)]
     for p in candidates:
         if p.is_file():
+            from fedsec.scenario import read_toml
+
             try:
-                return tomllib.loads(p.read_text())
-            except tomllib.TOMLDecodeError as e:
-                raise SweepError(f"base: {p}: not valid TOML: {e}") from None
+                return read_toml(p, "scenario file")[1]
+            except ScenarioError as e:
+                raise SweepError(f"base: {e}") from None
     raise SweepError(f"base: scenario file {raw!r} not found (looked in {base_dir} and the current directory)")
 
 
@@ -238,23 +240,18 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     ``overrides`` (``KEY=VALUE``, VALUE parsed as TOML) are added to the file's ``set``
     table, e.g. ``["data.root=/datasets"]``.
     """
-    from fedsec.scenario import parse_value
+    from fedsec.scenario import parse_override, read_toml
 
     path = Path(path)
-    if not path.is_file():
-        raise SweepError(f"sweep file {str(path)!r} does not exist")
-    text = path.read_text()
     try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise SweepError(f"{path}: not valid TOML: {e}") from None
-    for item in overrides or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise SweepError(f"--set {item!r}: expected KEY=VALUE, e.g. data.root=/datasets")
-        if not isinstance(raw.get("set", {}), dict):
-            break  # parse_sweep reports the bad `set`
-        raw["set"] = {**_flatten(raw.get("set", {}), Scenario), key.strip(): parse_value(value.strip())}
+        text, raw = read_toml(path, "sweep file")
+        for item in overrides or []:
+            key, value = parse_override(item, "--set", "data.root=/datasets")
+            if not isinstance(raw.get("set", {}), dict):
+                break  # parse_sweep reports the bad `set`
+            raw["set"] = {**_flatten(raw.get("set", {}), Scenario), key: value}
+    except ScenarioError as e:
+        raise SweepError(str(e)) from None
     return parse_sweep(raw, base_dir=path.parent, default_name=path.stem, source=text)
 
 

@@ -273,19 +273,31 @@ class Scenario:
 
 def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
     """Read a TOML scenario, apply ``KEY=VALUE`` overrides (VALUE parsed as TOML), validate."""
+    _, raw = read_toml(path, "scenario file")
+    for item in overrides or []:
+        key, value = parse_override(item, "override", "server.rounds=3")
+        _set_path(raw, key, value)
+    return Scenario.from_dict(raw)
+
+
+def read_toml(path: str | Path, what: str) -> tuple[str, dict[str, Any]]:
+    """(text, table) of a TOML file; ScenarioError naming the file if missing or invalid."""
     path = Path(path)
     if not path.is_file():
-        raise ScenarioError(f"scenario file {str(path)!r} does not exist")
+        raise ScenarioError(f"{what} {str(path)!r} does not exist")
+    text = path.read_text()
     try:
-        raw = tomllib.loads(path.read_text())
+        return text, tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ScenarioError(f"{path}: not valid TOML: {e}") from None
-    for item in overrides or []:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise ScenarioError(f"override {item!r}: expected KEY=VALUE, e.g. server.rounds=3")
-        _set_path(raw, key.strip(), parse_value(text.strip()))
-    return Scenario.from_dict(raw)
+
+
+def parse_override(item: str, what: str, example: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` -> (KEY, VALUE parsed as TOML); ScenarioError otherwise."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ScenarioError(f"{what} {item!r}: expected KEY=VALUE, e.g. {example}")
+    return key.strip(), parse_value(text.strip())
 
 
 def parse_value(text: str) -> Any:

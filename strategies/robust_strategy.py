@@ -33,7 +33,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
-from strategies.base import Aggregator
+from strategies.base import Aggregator, finite_rows
 
 Adversary = Callable[[int, torch.Tensor, list[int], torch.Generator], torch.Tensor]
 
@@ -140,7 +140,7 @@ class RobustStrategy(FedAvg):
         gen = generator(self.seed, "aggregate", server_round, device=self.device)
         if self.adversary is not None:
             U = self.adversary(server_round, U, pids, gen)
-        finite = torch.isfinite(U).all(1)
+        finite = finite_rows(U)
         nonfinite = [p for p, ok in zip(pids, finite.tolist()) if not ok]
         if not bool(finite.any()):
             # Nothing usable arrived: the global model stays as it was (Flower keeps the

@@ -1,12 +1,13 @@
-"""The one honest local training loop; behaviours hook into it."""
+"""A client's local training: the project's one SGD loop (fedsec.training) with the
+behaviour's hooks (poison the data or each batch, replace the loss, perturb the result)."""
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from clients.base import Behaviour, ClientContext
 from fedsec.data import TensorData
+from fedsec.training import sgd_train
 
 
 def local_train(
@@ -27,22 +28,11 @@ def local_train(
     plus whatever the behaviour's ``after_train`` reports.
     """
     data = behaviour.poison_data(data, ctx)
-    model.to(ctx.device).train()
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    n = len(data)
-    loss_sum, seen = 0.0, 0
-    for _ in range(epochs):
-        loss_sum, seen = 0.0, 0
-        order = torch.randperm(n, generator=ctx.generator)
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            x, y = behaviour.poison_batch(data.x[idx], data.y[idx], ctx)
-            x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
-            loss = behaviour.loss(model, x, y, ctx)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += float(loss.detach()) * len(y)
-            seen += len(y)
+    loss = sgd_train(
+        model, data, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
+        weight_decay=weight_decay, generator=ctx.generator, device=ctx.device,
+        batch_fn=lambda x, y: behaviour.poison_batch(x, y, ctx),
+        loss_fn=lambda m, x, y: behaviour.loss(m, x, y, ctx),
+    )
     extra = behaviour.after_train(model, ctx)
-    return {"train_loss": loss_sum / max(seen, 1), "num-examples": float(n), **extra}
+    return {"train_loss": loss, "num-examples": float(len(data)), **extra}

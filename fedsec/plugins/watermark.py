@@ -87,6 +87,7 @@ from torch import nn
 from fedsec.data import TensorData
 from fedsec.plugins import Plugin, PluginContext, register_plugin
 from fedsec.seeding import derive_seed, generator, scoped_seed
+from fedsec.training import sgd_train
 
 TRIGGERS = ("patch", "blend")
 ATTACKS = ("FT-AL", "FT-LL", "RT-AL", "Pruning-20%", "Pruning-50%")
@@ -220,23 +221,10 @@ def train_supervised(
     key: str = "train",
 ) -> nn.Module:
     """Plain SGD cross-entropy training in place (the attacker's and the control's loop)."""
-    dev = next(model.parameters()).device
-    params = list(model.parameters()) if params is None else list(params)
-    opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    g = generator(seed, "watermark", key)
-    n = len(data)
-    model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(n, generator=g)
-        for i in range(0, n, batch_size):
-            idx = perm[i : i + batch_size]
-            xb, yb = data.x[idx].to(dev), data.y[idx].to(dev)
-            loss = F.cross_entropy(model(xb), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    model.eval()
-    return model
+    sgd_train(model, data, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
+              weight_decay=weight_decay, generator=generator(seed, "watermark", key),
+              device=next(model.parameters()).device, params=params)
+    return model.eval()
 
 
 @torch.no_grad()

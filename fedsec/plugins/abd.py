@@ -27,7 +27,9 @@ ABD adds two defences (Algorithm 2 of the paper):
   The generator maximises ``KL(T||S) + alpha * R(x)`` with
   ``R = phi * KL(T || T~)`` (suppress malicious synthesis) and the student
   minimises ``mean_x w(x) KL(T(x) || S(x))`` with
-  ``w = 1 - phi + phi * kappa`` (suppress suspicious distillation).
+  ``w = 1 - phi + phi * kappa`` (suppress suspicious distillation). As in the
+  reference, the student weighting is on for OOD KD and off for ZSKT, whose
+  solver applies SV to the generator only (``sv_student`` overrides).
   The slides write ``kappa = 1/alpha``; the reference code
   (``vanilla_kd_ood.py``) uses ``kappa = -alpha`` (reverse distillation on the
   suspicious inputs). Both are offered (``sv_weighting = "reference" |
@@ -71,6 +73,7 @@ sv_layers           5           ``n_shuf_layer`` (last conv layers)
 sv_trials           8           Algorithm 2 ("at most 8 trials")
 sv_tail             0.02        ``tail_ratio > 0.02`` in ``select_shuffle``
 sv_probe_steps      50          ``pseudo_test_batches`` (CMI)
+sv_student          None        OOD KD: on; ZSKT: off (generator-side SV only)
 sr_start            0.99        SR resumed at pb79199..79599 of 8e4
 sr_lr               5e-4        ``sup_resume_lr``
 sr_n_delta          10          ``inner_round`` (defense sweep: 10, 20)
@@ -87,7 +90,10 @@ with reverse distillation collapsed the student (13.6% accuracy in an earlier
 trial); the experiment in ``experiments/plugins/abd.toml`` sets its own
 ``sv_alpha`` and prints it. Deviations from the reference: no attention-transfer
 term (``AT_beta``; fedsec models expose no activations); the student loss is a
-per-sample weighted batch mean rather than two separately averaged groups.
+per-sample weighted batch mean rather than two separately averaged groups; KL is
+summed over classes (the reference's ``F.kl_div(reduction="mean")`` divides by the
+number of classes C), which leaves every ratio of KL terms unchanged but makes
+``sr_l2`` C times weaker relative to the SR inner KL.
 """
 
 from __future__ import annotations
@@ -279,6 +285,7 @@ class ABDConfig:
     sv_tail: float = 0.02
     sv_probe_steps: int = 50
     sv_select: bool = True
+    sv_student: bool | None = None
     # Self-Retrospection
     sr_start: float = 0.99
     sr_lr: float = 5e-4
@@ -300,6 +307,8 @@ class ABDConfig:
         for name in ("sv", "sr", "compare", "sv_select"):
             if not isinstance(getattr(self, name), bool):
                 raise _bad(name, getattr(self, name), "a bool")
+        if self.sv_student is not None and not isinstance(self.sv_student, bool):
+            raise _bad("sv_student", self.sv_student, "a bool or None (the reference's choice per kd)")
         ints_pos = ("steps", "batch_size", "n_student_iter", "z_dim", "gen_width", "ood_n", "sv_ensemble", "sv_layers",
                     "sv_trials", "sr_n_delta", "sr_fp_iters")
         for name in ints_pos:
@@ -355,6 +364,13 @@ class ABDConfig:
         if self.lr_student is not None:
             return float(self.lr_student)
         return 1e-3 if self.kd == "ood" else 2e-3
+
+    @property
+    def sv_weights_student(self) -> bool:
+        """Whether SV re-weights the student loss. The reference applies the
+        weighting only in OOD KD (``vanilla_kd_ood.py``); its ZSKT solver uses SV
+        on the generator alone (``BackdoorSuspectLoss.loss``)."""
+        return self.sv_student if self.sv_student is not None else self.kd == "ood"
 
     @property
     def defended(self) -> bool:
@@ -522,6 +538,8 @@ def _student_step_loss(
         return kl.mean(), 0.0
     with torch.no_grad():
         phi = suspicious(t_logits, vac.model(x))
+    if not cfg.sv_weights_student:
+        return kl.mean(), float(phi.mean())
     w = sv_weights(phi, cfg.sv_alpha, cfg.sv_weighting)
     return (w * kl).mean(), float(phi.mean())
 

@@ -120,6 +120,28 @@ def test_loss_weighting_worked_by_hand():
         sv_weights(phi, 0.1, "nope")
 
 
+
+@pytest.mark.parametrize("kd, override, weighted", [
+    ("generator", None, False), ("ood", None, True), ("generator", True, True), ("ood", False, False),
+])
+def test_student_weighting_follows_the_reference_per_kd(kd, override, weighted):
+    """ZSKT's reference solver applies SV to the generator only; OOD KD weights the student."""
+    from fedsec.plugins.abd import _student_step_loss, _Vaccine
+
+    cfg = ABDConfig(kd=kd, sv_student=override, sv_alpha=0.5)
+    assert cfg.sv_weights_student is weighted
+    t = _cnn(1)
+    vac = _Vaccine(t, cfg, generator(0, "v"))
+    vac.model = t  # the teacher as its own "shuffle": every input is suspicious (phi = 1)
+    x = _x(8, 3)
+    with torch.no_grad():
+        t_logits, s_logits = t(x), _cnn(2)(x)
+    loss, phi = _student_step_loss(s_logits, t_logits, x, vac, cfg, 1.0)
+    plain = kl_per_sample(t_logits, s_logits).mean()
+    assert phi == 1.0
+    # phi = 1 everywhere: weight kappa = -alpha (reference weighting) when the student is weighted
+    assert torch.allclose(loss, -0.5 * plain if weighted else plain)
+
 def test_tail_ratio():
     s = torch.full((200,), 1.0)
     s[:5] = 1e-6  # 2.5% far below in log10
@@ -232,6 +254,7 @@ def test_sr_hypergradient_matches_dense_implicit_formula():
         ("sr_portion", 0.0),
         ("sr_mode", "zeroth"),
         ("sv_weighting", "both"),
+        ("sv_student", "yes"),
         ("sv_tail", 1.0),
         ("student", "no-such-model"),
         ("temperature", -1.0),
@@ -302,3 +325,22 @@ def test_on_run_end_writes_table(tmp_path: Path):
     assert "| patch |" in text and "KD+ABD" in text
     assert all(torch.equal(p, q) for p, q in zip(before, model.parameters()))  # global model untouched
     assert markdown_table(out).count("\n") == 3
+
+
+def test_abd_experiment_scenario_runs_end_to_end(tmp_path: Path):
+    """experiments/plugins/abd.toml stays valid: a backdoored federation whose global
+    model the plugin distils (tiny: 1 round, 2 generator rounds)."""
+    import fedsec
+    from fedsec.scenario import load_scenario
+
+    toml = Path(__file__).resolve().parents[2] / "experiments" / "plugins" / "abd.toml"
+    s = load_scenario(toml, ["server.rounds=1", "plugins.0.params.steps=2", "plugins.0.params.sv_probe_steps=1",
+                             f'run.output="{tmp_path.as_posix()}"'])
+    assert [a.behaviour for a in s.attack] == ["badnets"] and s.plugins[0].name == "abd"
+    res = fedsec.run(s)
+    out = res.summary["plugins"]["abd"]
+    assert {"teacher", "kd", "kd_abd"} <= set(out)
+    assert set(out["kd"]["asr"]) == set(out["kd_abd"]["asr"]) == {"badnets"}
+    assert out["kd_abd"]["info"]["sr"] is True and out["kd"]["info"]["sr"] is False
+    table = (res.run_dir / "abd.md").read_text()
+    assert "| badnets |" in table and "KD+ABD" in table

@@ -19,6 +19,24 @@ def test_digits_split_is_fixed_and_in_range():
     assert sorted(set(d.test.y.tolist())) == list(range(10))
 
 
+
+def test_digits_scenes_composes_each_digit_on_a_photo():
+    from fedsec.data.datasets import digits_scenes
+
+    d, base = load_dataset("digits_scenes"), load_dataset("digits")
+    assert d.in_shape == (3, 32, 32) and d.num_classes == 10
+    assert torch.equal(d.train.y, base.train.y) and torch.equal(d.test.y, base.test.y)
+    assert 0.0 <= float(d.train.x.min()) and float(d.train.x.max()) <= 1.0
+    # fixed draws: an independent build (no cache) gives the same images
+    again = digits_scenes(root=None, download=False)
+    assert torch.equal(again.train.x, d.train.x) and torch.equal(again.test.x, d.test.x)
+    # the digit is the pixelwise maximum over a photo dimmed to <= 0.5, so the pixels above
+    # 0.5 on every channel are exactly the upscaled digit's pixels above 0.5
+    ink = torch.nn.functional.interpolate(base.train.x, size=(20, 20), mode="bilinear", align_corners=False)
+    assert torch.equal((d.train.x > 0.5).all(1).flatten(1).sum(1), (ink > 0.5).flatten(1).sum(1))
+    # backgrounds differ between images (random crops), so the photo carries no label
+    assert not torch.equal(d.train.x[0, :, :4, :4], d.train.x[1, :, :4, :4])
+
 @pytest.mark.parametrize("name", PARTITIONERS.names())
 def test_partitions_disjoint_and_deterministic(name, labels):
     parts = partition(name, labels, 10, seed=3)

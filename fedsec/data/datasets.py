@@ -1,4 +1,4 @@
-"""Embedded default (scikit-learn digits) and torchvision datasets from a local root."""
+"""Embedded default (scikit-learn digits), its 32x32 RGB composite, and torchvision datasets from a local root."""
 
 from __future__ import annotations
 
@@ -76,6 +76,54 @@ def digits(root: Path, download: bool) -> DatasetSplits:
         10,
     )
 
+
+
+# Backgrounds for digits_scenes: scikit-image's bundled colour photos, never the
+# astronaut (the default out-of-distribution source of the watermark and ABD plugins).
+SCENE_SOURCES = ("coffee", "chelsea", "rocket")
+
+
+@register_dataset("digits_scenes")
+def digits_scenes(root: Path, download: bool) -> DatasetSplits:
+    """The digits upscaled to 20x20 and pasted on 32x32 RGB crops of photos (offline).
+
+    A CIFAR-sized input in which an object covers a fraction of the image, so a
+    3x3 trigger is a small part of the input, as in the CIFAR-10 settings of the
+    backdoor papers. Each image: a random 128x128 crop of one of
+    :data:`SCENE_SOURCES` (scikit-image, bundled), area-downsampled to 32x32 and
+    dimmed by half; the digit (bilinear, 8x8 -> 20x20) is written as the pixelwise
+    maximum at a random offset. Same split as ``digits``; the draws are fixed
+    (their own seed), so every process builds the same images.
+    """
+    import skimage.data
+
+    from fedsec.seeding import generator
+
+    base = digits(root, download)
+    photos = [torch.from_numpy(np.asarray(getattr(skimage.data, n)(), dtype=np.float32) / 255.0).permute(2, 0, 1)
+              for n in SCENE_SOURCES]
+
+    def compose(x: torch.Tensor, split: str) -> torch.Tensor:
+        g = generator(0, "digits_scenes", split)
+        ink = torch.nn.functional.interpolate(x, size=(20, 20), mode="bilinear", align_corners=False).clamp(0, 1)
+        out = torch.empty(len(x), 3, 32, 32)
+        for i in range(len(x)):
+            ph = photos[int(torch.randint(len(photos), (1,), generator=g))]
+            r = int(torch.randint(ph.shape[1] - 127, (1,), generator=g))
+            c = int(torch.randint(ph.shape[2] - 127, (1,), generator=g))
+            crop = torch.nn.functional.interpolate(ph[None, :, r : r + 128, c : c + 128], size=(32, 32), mode="area")
+            img = 0.5 * crop[0]
+            oy, ox = (int(v) for v in torch.randint(0, 13, (2,), generator=g))
+            img[:, oy : oy + 20, ox : ox + 20] = torch.maximum(img[:, oy : oy + 20, ox : ox + 20], ink[i])
+            out[i] = img
+        return out
+
+    return DatasetSplits(
+        "digits_scenes",
+        TensorData(compose(base.train.x, "train"), base.train.y.clone()),
+        TensorData(compose(base.test.x, "test"), base.test.y.clone()),
+        10,
+    )
 
 def _torchvision_split(cls, root: Path, download: bool, **ctor) -> TensorData:
     from torchvision.transforms import v2

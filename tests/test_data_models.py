@@ -19,7 +19,6 @@ def test_digits_split_is_fixed_and_in_range():
     assert sorted(set(d.test.y.tolist())) == list(range(10))
 
 
-
 def test_digits_scenes_composes_each_digit_on_a_photo():
     from fedsec.data.datasets import digits_scenes
 
@@ -36,6 +35,7 @@ def test_digits_scenes_composes_each_digit_on_a_photo():
     assert torch.equal((d.train.x > 0.5).all(1).flatten(1).sum(1), (ink > 0.5).flatten(1).sum(1))
     # backgrounds differ between images (random crops), so the photo carries no label
     assert not torch.equal(d.train.x[0, :, :4, :4], d.train.x[1, :, :4, :4])
+
 
 @pytest.mark.parametrize("name", PARTITIONERS.names())
 def test_partitions_disjoint_and_deterministic(name, labels):

@@ -77,7 +77,6 @@ def digits(root: Path, download: bool) -> DatasetSplits:
     )
 
 
-
 # Backgrounds for digits_scenes: scikit-image's bundled colour photos, never the
 # astronaut (the default out-of-distribution source of the watermark and ABD plugins).
 SCENE_SOURCES = ("coffee", "chelsea", "rocket")
@@ -89,34 +88,45 @@ def digits_scenes(root: Path, download: bool) -> DatasetSplits:
 
     A CIFAR-sized input in which an object covers a fraction of the image, so a
     3x3 trigger is a small part of the input, as in the CIFAR-10 settings of the
-    backdoor papers. Each image: a random 128x128 crop of one of
-    :data:`SCENE_SOURCES` (scikit-image, bundled), area-downsampled to 32x32 and
-    dimmed by half; the digit (bilinear, 8x8 -> 20x20) is written as the pixelwise
-    maximum at a random offset. Same split as ``digits``; the draws are fixed
-    (their own seed), so every process builds the same images.
+    backdoor papers. Each image: a random 128x128 crop (offsets on the 4-pixel
+    grid) of one of :data:`SCENE_SOURCES` (scikit-image, bundled), area-downsampled
+    to 32x32 and dimmed by half; the digit (bilinear, 8x8 -> 20x20) is written as
+    the pixelwise maximum at a random offset. Same split as ``digits``; the draws
+    are fixed (their own seed), so every process builds the same images.
     """
     import skimage.data
 
     from fedsec.seeding import generator
 
     base = digits(root, download)
-    photos = [torch.from_numpy(np.asarray(getattr(skimage.data, n)(), dtype=np.float32) / 255.0).permute(2, 0, 1)
-              for n in SCENE_SOURCES]
+    # Area-downsampling a 128x128 crop whose offset is a multiple of 4 is a 32x32
+    # window of the photo downsampled by 4 once, so crops become index arithmetic.
+    small = []
+    for name in SCENE_SOURCES:
+        ph = torch.from_numpy(np.asarray(getattr(skimage.data, name)(), dtype=np.float32) / 255.0).permute(2, 0, 1)
+        h, w = (ph.shape[1] // 4) * 4, (ph.shape[2] // 4) * 4
+        small.append(torch.nn.functional.avg_pool2d(ph[None, :, :h, :w], 4)[0])
+    ar20, ar32 = torch.arange(20), torch.arange(32)
 
     def compose(x: torch.Tensor, split: str) -> torch.Tensor:
         g = generator(0, "digits_scenes", split)
+        n = len(x)
+        which = torch.randint(len(small), (n,), generator=g)
+        u = torch.rand(n, 2, generator=g)
+        out = torch.empty(n, 3, 32, 32)
+        for k, ph in enumerate(small):  # one gather per photo, not per image
+            idx = (which == k).nonzero().flatten()
+            r = (u[idx, 0] * (ph.shape[1] - 31)).long()
+            c = (u[idx, 1] * (ph.shape[2] - 31)).long()
+            rows, cols = r[:, None] + ar32, c[:, None] + ar32
+            out[idx] = ph[:, rows[:, :, None], cols[:, None, :]].permute(1, 0, 2, 3)
+        out *= 0.5
         ink = torch.nn.functional.interpolate(x, size=(20, 20), mode="bilinear", align_corners=False).clamp(0, 1)
-        out = torch.empty(len(x), 3, 32, 32)
-        for i in range(len(x)):
-            ph = photos[int(torch.randint(len(photos), (1,), generator=g))]
-            r = int(torch.randint(ph.shape[1] - 127, (1,), generator=g))
-            c = int(torch.randint(ph.shape[2] - 127, (1,), generator=g))
-            crop = torch.nn.functional.interpolate(ph[None, :, r : r + 128, c : c + 128], size=(32, 32), mode="area")
-            img = 0.5 * crop[0]
-            oy, ox = (int(v) for v in torch.randint(0, 13, (2,), generator=g))
-            img[:, oy : oy + 20, ox : ox + 20] = torch.maximum(img[:, oy : oy + 20, ox : ox + 20], ink[i])
-            out[i] = img
-        return out
+        canvas = torch.zeros(n, 1, 32, 32)
+        off = torch.randint(0, 13, (n, 2), generator=g)
+        rows, cols = off[:, :1] + ar20, off[:, 1:] + ar20
+        canvas[torch.arange(n)[:, None, None], 0, rows[:, :, None], cols[:, None, :]] = ink[:, 0]
+        return torch.maximum(out, canvas)
 
     return DatasetSplits(
         "digits_scenes",
@@ -124,6 +134,7 @@ def digits_scenes(root: Path, download: bool) -> DatasetSplits:
         TensorData(compose(base.test.x, "test"), base.test.y.clone()),
         10,
     )
+
 
 def _torchvision_split(cls, root: Path, download: bool, **ctor) -> TensorData:
     from torchvision.transforms import v2

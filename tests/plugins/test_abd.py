@@ -120,7 +120,6 @@ def test_loss_weighting_worked_by_hand():
         sv_weights(phi, 0.1, "nope")
 
 
-
 @pytest.mark.parametrize("kd, override, weighted", [
     ("generator", None, False), ("ood", None, True), ("generator", True, True), ("ood", False, False),
 ])
@@ -141,6 +140,7 @@ def test_student_weighting_follows_the_reference_per_kd(kd, override, weighted):
     assert phi == 1.0
     # phi = 1 everywhere: weight kappa = -alpha (reference weighting) when the student is weighted
     assert torch.allclose(loss, -0.5 * plain if weighted else plain)
+
 
 def test_tail_ratio():
     s = torch.full((200,), 1.0)

@@ -327,20 +327,24 @@ def test_on_run_end_writes_table(tmp_path: Path):
     assert markdown_table(out).count("\n") == 3
 
 
-def test_abd_experiment_scenario_runs_end_to_end(tmp_path: Path):
-    """experiments/plugins/abd.toml stays valid: a backdoored federation whose global
+@pytest.mark.parametrize("name", ["abd.toml", "abd_scenes.toml"])
+def test_abd_experiment_scenario_runs_end_to_end(tmp_path: Path, name: str):
+    """The experiment scenarios stay valid: a backdoored federation whose global
     model the plugin distils (tiny: 1 round, 2 generator rounds)."""
     import fedsec
     from fedsec.scenario import load_scenario
 
-    toml = Path(__file__).resolve().parents[2] / "experiments" / "plugins" / "abd.toml"
-    s = load_scenario(toml, ["server.rounds=1", "plugins.0.params.steps=2", "plugins.0.params.sv_probe_steps=1",
-                             f'run.output="{tmp_path.as_posix()}"'])
+    toml = Path(__file__).resolve().parents[2] / "experiments" / "plugins" / name
+    s = load_scenario(toml, ["server.rounds=1", "client.epochs=1", "plugins.0.params.steps=2",
+                             "plugins.0.params.sv_probe_steps=1", f'run.output="{tmp_path.as_posix()}"'])
     assert [a.behaviour for a in s.attack] == ["badnets"] and s.plugins[0].name == "abd"
+    params = s.plugins[0].params
     res = fedsec.run(s)
     out = res.summary["plugins"]["abd"]
     assert {"teacher", "kd", "kd_abd"} <= set(out)
     assert set(out["kd"]["asr"]) == set(out["kd_abd"]["asr"]) == {"badnets"}
-    assert out["kd_abd"]["info"]["sr"] is True and out["kd"]["info"]["sr"] is False
+    assert out["kd_abd"]["info"]["sr"] is params.get("sr", True) and out["kd"]["info"]["sr"] is False
+    if params.get("sv_select", True) is False:  # the vaccine is used without the tail test
+        assert out["kd_abd"]["info"]["sv_active"] is True
     table = (res.run_dir / "abd.md").read_text()
     assert "| badnets |" in table and "KD+ABD" in table

@@ -178,7 +178,8 @@ def distill(
     data = dataset_of(s)
     res = compare(teacher, in_shape=data.in_shape, num_classes=data.num_classes, test=data.test,
                   eval_triggers=eval_triggers_of(s), make_student=lambda: new_model(s, "student"),
-                  device=device_of(s), config=cfg, log=None)
+                  device=device_of(s), config=cfg,
+                  log=typer.echo if cfg.eval_every else None)  # --param eval_every=N: the learning curve
     table = markdown_table(res)
     console.print(table)
     if out is not None:

@@ -63,8 +63,10 @@ def test_distill_a_run_model_with_its_embedded_scenario(tmp_path):
     out = tmp_path / "abd.md"
     res = runner.invoke(app, ["distill", str(d / "model.safetensors"), "--param", "steps=3",
                               "--param", "kd=\"ood\"", "--param", "ood_n=64", "--param", "batch_size=16",
-                              "--param", "sv=false", "--param", "sr=false", "--out", str(out)])
+                              "--param", "sv=false", "--param", "sr=false", "--param", "eval_every=2",
+                              "--out", str(out)])
     assert res.exit_code == 0, res.output
+    assert "[kd] step 2/3 acc" in res.output and "step 3/3" not in res.output  # eval_every prints the curve
     assert "Teacher" in out.read_text() or "teacher" in out.read_text()
     bad = runner.invoke(app, ["distill", str(d / "model.safetensors"), "--param", "stepz=3"])
     assert bad.exit_code == 2 and "invalid ABD option" in bad.output

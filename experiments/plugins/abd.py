@@ -37,7 +37,7 @@ from fedsec.scenario import load_scenario
 # square patch and the Chen et al. (2017) blend.
 TRIGGERS = {
     "patch3x3": '{kind = "patch", size = 3}',
-    "blend": '{kind = "blend", alpha = 0.5}',  # 0.2 does not survive FedAvg here (teacher ASR 3%)
+    "blend": '{kind = "blend", alpha = 0.5}',  # 0.2 does not survive FedAvg on 8x8 digits (teacher ASR 3%)
 }
 
 

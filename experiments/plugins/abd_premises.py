@@ -15,7 +15,7 @@ the AUC of ``-S`` (triggered = positive) for several shuffles, and, for several
 bounds ``eps``, where ``sr_find_delta``'s delta sends the test set (to the
 target class, or anywhere) and how much of its energy lies on the trigger's pixels.
 
-    /tmp/venv/bin/python experiments/plugins/abd_premises.py runs/<abd run>/model.safetensors
+    python experiments/plugins/abd_premises.py runs/<abd run>/model.safetensors
 """
 
 from __future__ import annotations

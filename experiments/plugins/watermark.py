@@ -5,7 +5,7 @@ when it is available and takes the plugin's figures from summary.json;
 otherwise (or with ``--central``) it trains the scenario's CNN centrally on the
 digits training split and applies the same plugin configuration to it.
 
-    /tmp/venv/bin/python experiments/plugins/watermark.py [--central] [--no-sweep] [--out FILE.md]
+    python experiments/plugins/watermark.py [--central] [--no-sweep] [--out FILE.md]
 
 Prints (and writes to ``--out``, default experiments/plugins/watermark.md):
 the paper-style table (non-watermarked model, victim, one row per removal

@@ -7,7 +7,7 @@ measures the FULL global trigger. "Centralized" is DBA's comparison: ONE attacke
 (partition 0) stamping the full global trigger on ``k * p`` of every batch, so the
 poisoned-sample budget per round matches (up to partition sizes) the k DBA attackers.
 
-    PYTHONPATH=. /tmp/venv/bin/python experiments/attacks/backdoor_fedavg.py \
+    .venv/bin/python experiments/attacks/backdoor_fedavg.py \
         [--clients 10 --attackers 4 --rounds 16 --epochs 2 --p 0.3 --start-round 6]
 
 Defaults follow DBA's multiple-shot setting (A-M): 4 attackers among the 10

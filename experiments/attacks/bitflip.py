@@ -13,7 +13,7 @@ every round, starting from Part 1's trained CNN (``model.init``); FedAvg
 ("mean") vs coordinate-wise "median". A run whose global model blows up (all
 updates non-finite) is reported as diverged.
 
-    PYTHONPATH=. /tmp/venv/bin/python experiments/attacks/bitflip.py [--skip-fl]
+    .venv/bin/python experiments/attacks/bitflip.py [--skip-fl]
 """
 
 from __future__ import annotations

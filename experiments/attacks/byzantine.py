@@ -8,7 +8,7 @@ al. UAI 2019); MinMax and MinSum (Shejwalkar & Houmansadr NDSS 2021). Rules
 attackers. ``--attackers`` of the ``--clients`` clients (partitions 0..k-1, 20%
 by default) attack in every round; all clients are sampled every round.
 
-    PYTHONPATH=. /tmp/venv/bin/python experiments/attacks/byzantine.py \
+    .venv/bin/python experiments/attacks/byzantine.py \
         [--clients 10 --rounds 8 --epochs 2 --sigma 1.0]
 
 Expected from the papers: ALIE lowers median/Krum below mean-with-no-attack;

@@ -6,7 +6,7 @@ vs the code-poisoning loss (fixed weights 0.5/0.5, and MGDA-balanced).
 Part 2 (federation, ``fedsec.run``): 20 iid clients, 4 attackers (20%) whose
 *training code* is poisoned, FedAvg, vs no attack.
 
-    PYTHONPATH=. /tmp/venv/bin/python experiments/attacks/code_poisoning.py [--skip-fl]
+    .venv/bin/python experiments/attacks/code_poisoning.py [--skip-fl]
 """
 
 from __future__ import annotations

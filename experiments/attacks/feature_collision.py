@@ -16,7 +16,7 @@ from Part 1's pretrained CNN (``model.init``); partition 0 runs
 round's global model) for the first ``--fl-targets`` targets of Part 1; prints
 per round whether the global model classifies the target as the base class.
 
-    PYTHONPATH=. /tmp/venv/bin/python experiments/attacks/feature_collision.py [--skip-fl]
+    .venv/bin/python experiments/attacks/feature_collision.py [--skip-fl]
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ shows the ASR in round R and its decay over the following honest rounds for
 gamma = n/eta (replacement, the paper's default), gamma = 1 (a plain poisoned
 update, no scaling) and gamma = n/eta under a norm bound S (constrain-and-scale).
 
-    PYTHONPATH=. /tmp/venv/bin/python experiments/attacks/model_replacement.py \
+    .venv/bin/python experiments/attacks/model_replacement.py \
         [--clients 10 --warmup 5 --after 6 --epochs 5 --bound 10]
 """
 

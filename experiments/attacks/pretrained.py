@@ -7,7 +7,7 @@ entry only declares the trigger the server measures; its partition trains
 honestly). Reported: ASR at round 0 (``summary["initial"]``) and after each of
 N honest rounds, under FedAvg and coordinate-wise median.
 
-    PYTHONPATH=. /tmp/venv/bin/python experiments/attacks/pretrained.py \
+    .venv/bin/python experiments/attacks/pretrained.py \
         [--clients 10 --rounds 8 --epochs 2 --craft-epochs 10]
 """
 

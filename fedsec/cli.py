@@ -148,13 +148,15 @@ def distill(
     scenario: Annotated[Optional[Path], typer.Option(help="scenario TOML (default: the one embedded in MODEL)")] = None,
     param: Annotated[Optional[list[str]], typer.Option("--param", help="ABD option KEY=VALUE (see fedsec.plugins.abd)")] = None,
     out: Annotated[Optional[Path], typer.Option(help="write the results table (markdown) here")] = None,
+    students: Annotated[Optional[Path], typer.Option(
+        help="write the distilled students here (student_kd.safetensors, student_kd_abd.safetensors)")] = None,
 ) -> None:
     """Anti-backdoor data-free distillation (ABD) of a saved model: teacher vs KD vs KD+ABD."""
     from safetensors.torch import load_file
 
     from fedsec.federation.env import dataset_of, device_of, new_model
     from fedsec.federation.server import eval_triggers_of
-    from fedsec.plugins.abd import ABDConfig, compare, markdown_table
+    from fedsec.plugins.abd import STUDENT_FILES, ABDConfig, compare, markdown_table, save_student
     from fedsec.scenario import parse_value
 
     if not model.is_file():
@@ -179,7 +181,9 @@ def distill(
     res = compare(teacher, in_shape=data.in_shape, num_classes=data.num_classes, test=data.test,
                   eval_triggers=eval_triggers_of(s), make_student=lambda: new_model(s, "student"),
                   device=device_of(s), config=cfg,
-                  log=typer.echo if cfg.eval_every else None)  # --param eval_every=N: the learning curve
+                  log=typer.echo if cfg.eval_every else None,  # --param eval_every=N: the learning curve
+                  on_student=None if students is None
+                  else lambda key, st: save_student(students / STUDENT_FILES[key], st, s, cfg))
     table = markdown_table(res)
     console.print(table)
     if out is not None:

@@ -64,10 +64,27 @@ def test_distill_a_run_model_with_its_embedded_scenario(tmp_path):
     res = runner.invoke(app, ["distill", str(d / "model.safetensors"), "--param", "steps=3",
                               "--param", "kd=\"ood\"", "--param", "ood_n=64", "--param", "batch_size=16",
                               "--param", "sv=false", "--param", "sr=false", "--param", "eval_every=2",
-                              "--out", str(out)])
+                              "--out", str(out), "--students", str(tmp_path / "students")])
     assert res.exit_code == 0, res.output
     assert "[kd] step 2/3 acc" in res.output and "step 3/3" not in res.output  # eval_every prints the curve
     assert "Teacher" in out.read_text() or "teacher" in out.read_text()
+    # the distilled student is kept, with a scenario that rebuilds it; KD alone -> one file
+    assert sorted(p.name for p in (tmp_path / "students").iterdir()) == ["student_kd.safetensors"]
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from fedsec.federation.env import dataset_of, new_model, scenario_from_toml
+    from fedsec.metrics import accuracy
+
+    path = tmp_path / "students" / "student_kd.safetensors"
+    with safe_open(str(path), "pt") as f:
+        s = scenario_from_toml(f.metadata()["scenario"])
+    student = new_model(s)
+    student.load_state_dict(load_file(str(path)))
+    row = out.read_text().splitlines()[2]  # no attack in quickstart: one row, ASR "-"
+    assert row.startswith("| (no trigger) |")
+    kd_cell = row.split("|")[3].strip()  # "acc/asr" of the KD column
+    assert kd_cell.split("/")[0] == f"{100 * accuracy(student.eval(), dataset_of(s).test):.1f}"
     bad = runner.invoke(app, ["distill", str(d / "model.safetensors"), "--param", "stepz=3"])
     assert bad.exit_code == 2 and "invalid ABD option" in bad.output
 

@@ -120,3 +120,22 @@ def test_a_round_where_every_update_is_nonfinite_keeps_the_global_model(tmp_path
     assert r.history[1]["clean_acc"] == r.history[0]["clean_acc"]  # round 2 changed nothing
     assert r.history[2]["accepted"] == [0, 1, 2, 3]
     assert all(torch.isfinite(v).all() for v in r.model.state_dict().values())
+
+
+def test_discovery_names_the_nodes_that_did_not_answer():
+    """A node that stays silent past the timeout (a slow worker start) is reported as
+    such, not as a wrong partition count."""
+    from fedsec.federation.client import client_app
+    from fedsec.federation.engines import LocalGrid, _server_context
+    from fedsec.federation.server import discover
+
+    _server_context()  # Flower's Message needs the sender identity the engines set
+
+    class _Silent(LocalGrid):  # the last node's reply never arrives
+        def send_and_receive(self, messages, *, timeout=None):
+            return super().send_and_receive(messages, timeout=timeout)[:-1]
+
+    toml_text = load_scenario(QUICK, [INLINE, "data.num_clients=3"]).to_toml()
+    assert sorted(discover(LocalGrid(client_app, 3), toml_text, 3).values()) == [0, 1, 2]
+    with pytest.raises(RuntimeError, match="only 2 of 3 nodes answered the discovery query within 5s"):
+        discover(_Silent(client_app, 3), toml_text, 3, timeout=5)

@@ -31,7 +31,7 @@ from sklearn.metrics import roc_auc_score
 
 from fedsec.federation.env import dataset_of, new_model, scenario_from_toml
 from fedsec.federation.server import eval_triggers_of
-from fedsec.plugins.abd import ABD, ShuffledTeacher, sr_find_delta, suspicion_score
+from fedsec.plugins.abd import ABD, ShuffledTeacher, channel_head, sr_find_delta, suspicion_score
 from fedsec.seeding import generator
 
 
@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("model", help="a run's model.safetensors (scenario embedded, with a trigger attack)")
     ap.add_argument("--shuffles", type=int, default=8)
     ap.add_argument("--eps", default="0.5,1,2,3", help="L2 bounds on delta")
+    ap.add_argument("--sv-head", action=argparse.BooleanOptionalAction, default=None,
+                    help="also shuffle the head's channel blocks (default: the scenario's sv_head)")
     args = ap.parse_args(argv)
     with safe_open(args.model, "pt") as f:
         s = scenario_from_toml((f.metadata() or {})["scenario"])
@@ -59,12 +61,17 @@ def main(argv: list[str] | None = None) -> int:
         asr = float((model(poisoned).argmax(1) == target).float().mean())
     print(f"{args.model}: trigger {name}, acc {acc:.3f}, ASR {asr:.3f}")
 
-    print(f"\n1. Shuffling Vaccine (sv_layers={cfg.sv_layers}, ensemble {cfg.sv_ensemble}); paper AUC 0.984")
+    if args.sv_head is not None:
+        cfg = dataclasses.replace(cfg, sv_head=args.sv_head)
+    head = channel_head(model, clean) if cfg.sv_head else None
+    print(f"\n1. Shuffling Vaccine (sv_layers={cfg.sv_layers}, sv_head={cfg.sv_head}, ensemble {cfg.sv_ensemble}); "
+          "paper AUC 0.984")
     print("| shuffle | AUC | mean S clean | mean S triggered | T~ agrees with T: clean | triggered |")
     print("|---|---|---|---|---|---|")
     aucs = []
     for i in range(args.shuffles):
-        sh = ShuffledTeacher(model, n_layers=cfg.sv_layers, n=cfg.sv_ensemble, gen=generator(cfg.seed, "premise", i))
+        sh = ShuffledTeacher(model, n_layers=cfg.sv_layers, n=cfg.sv_ensemble, gen=generator(cfg.seed, "premise", i),
+                             head=head)
         sc, sp = suspicion_score(model, sh, clean), suspicion_score(model, sh, poisoned)
         auc = roc_auc_score([0] * len(sc) + [1] * len(sp), (-torch.cat([sc, sp])).numpy())
         aucs.append(auc)

@@ -49,8 +49,12 @@ def eval_triggers_of(s: Scenario) -> dict[str, EvalTrigger]:
     return triggers
 
 
-def discover(grid: Grid, scenario_toml: str, expected: int, timeout: float = 120.0) -> dict[int, int]:
-    """Ask every node for its partition id (a Flower query message)."""
+def discover(grid: Grid, scenario_toml: str, expected: int, timeout: float = 600.0) -> dict[int, int]:
+    """Ask every node for its partition id (a Flower query message).
+
+    ``timeout`` (s) covers the workers' cold start (a Ray actor imports torch and
+    loads its data on the first message): on two loaded cores that took over 120 s.
+    """
     deadline = time.time() + timeout
     while len(nodes := list(grid.get_node_ids())) < expected:
         if time.time() > deadline:
@@ -65,6 +69,10 @@ def discover(grid: Grid, scenario_toml: str, expected: int, timeout: float = 120
         if reply.has_error():
             raise RuntimeError(f"node {reply.metadata.src_node_id} failed discovery: {reply.error.reason}")
         mapping[reply.metadata.src_node_id] = int(reply.content["info"]["partition-id"])
+    if len(mapping) < len(nodes):
+        raise RuntimeError(
+            f"only {len(mapping)} of {len(nodes)} nodes answered the discovery query within {timeout:.0f}s"
+        )
     if sorted(mapping.values()) != list(range(expected)):
         raise RuntimeError(
             f"nodes report partitions {sorted(mapping.values())}, expected 0..{expected - 1}: "

@@ -151,10 +151,12 @@ def test_bitflip_untargeted_counts_its_flips_and_crushes_accuracy(trained, digit
     model = copy.deepcopy(trained)
     before = _int8_layers(model)
     biases = {n: p.detach().clone() for n, p in model.named_parameters() if p.ndim < 2}
-    _, out = _bitflip(model, digits.train, max_flips=30, top_k=1)
+    # The greedy search's path follows float rounding (CPU model, thread count): the same
+    # seed has needed 21 to 40 flips to reach chance, hence a budget of 60, not a tighter one.
+    _, out = _bitflip(model, digits.train, max_flips=60, top_k=1)
     after = _int8_layers(model, [s for _, s in before])
     dist = sum(_hamming(a, b) for (a, _), (b, _) in zip(before, after))
-    assert out["flipped_bits"] == dist and 1 <= dist <= 30
+    assert out["flipped_bits"] == dist and 1 <= dist <= 60
     # written back as dequantised int8: every weight is an integer multiple of its scale
     weights = [p for p in model.parameters() if p.ndim >= 2]
     for (_, s), (q, _), w in zip(before, after, weights):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import json
 import math
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from fedsec.plugins.abd import (
     ABD,
     ABDConfig,
     ShuffledTeacher,
+    channel_head,
     distill,
     kl_per_sample,
     markdown_table,
@@ -83,6 +86,67 @@ def test_shuffle_is_deterministic_in_generator():
     a = shuffle_channels(t, 1, generator(3, "s"))
     b = shuffle_channels(t, 1, generator(3, "s"))
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+class _HeadFirst(nn.Module):
+    """The head is registered before the conv: only execution order finds it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(5 * 8 * 8, 10)
+        self.conv = nn.Conv2d(1, 5, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+class _ChannelMean(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 5, 3, padding=1)
+        self.fc = nn.Linear(8 * 8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).mean(1).flatten(1))
+
+
+def test_channel_head_finds_the_linear_that_reads_the_last_conv():
+    t = _cnn()
+    first_linear = next(n for n, m in t.named_modules() if isinstance(m, nn.Linear))
+    assert channel_head(t, _x(2)) == (first_linear, 16)  # width 8 -> last conv has 16 output channels
+    with scoped_seed(0, "head-first"):
+        assert channel_head(_HeadFirst(), _x(2)) == ("fc", 5)
+    with pytest.raises(ValueError, match="sv_head needs a model with a conv"):
+        channel_head(build_model("mlp", in_shape=IN_SHAPE, num_classes=10), _x(2))
+    with scoped_seed(0, "channel-mean"), pytest.raises(ValueError, match="64 inputs, not a multiple of the 5 channels"):
+        channel_head(_ChannelMean(), _x(2))
+
+
+def test_head_shuffle_equals_permuting_the_last_conv_output_channels():
+    """Permuting the head's channel blocks by p is the same network as feeding the
+    original head the last conv's output channels in the order p^-1 (independent
+    construction: permute that conv's output filters and biases instead)."""
+    t = _cnn()
+    head = channel_head(t, _x(2))
+    plain = shuffle_channels(t, 1, generator(3, "s"))
+    s = shuffle_channels(t, 1, generator(3, "s"), head=head)
+    conv_t = [m for m in t.modules() if isinstance(m, nn.Conv2d)][-1]
+    conv_s = [m for m in s.modules() if isinstance(m, nn.Conv2d)][-1]
+    # The conv permutations are drawn first, so they are those of the head-less shuffle.
+    assert torch.equal(conv_s.weight, [m for m in plain.modules() if isinstance(m, nn.Conv2d)][-1].weight)
+    wt = t.get_submodule(head[0]).weight.view(16, 16, -1)
+    ws = s.get_submodule(head[0]).weight.view(16, 16, -1)
+    p = [next(j for j in range(16) if torch.equal(ws[:, c], wt[:, j])) for c in range(16)]
+    assert sorted(p) == list(range(16)) and p != list(range(16))
+    ref = copy.deepcopy(plain)
+    conv_r = [m for m in ref.modules() if isinstance(m, nn.Conv2d)][-1]
+    inv = torch.argsort(torch.tensor(p))
+    with torch.no_grad():
+        conv_r.weight.copy_(conv_s.weight[inv])
+        conv_r.bias.copy_(conv_s.bias[inv])
+        x = _x()
+        assert torch.allclose(s(x), ref(x), atol=1e-5)
+        assert not torch.allclose(s(x), plain(x))
 
 
 def test_suspicion_score_zero_for_identical_positive_otherwise():
@@ -250,6 +314,7 @@ def test_sr_hypergradient_matches_dense_implicit_formula():
         ("sv_alpha", 0.0),
         ("sv_alpha", -0.1),
         ("sv", "yes"),
+        ("sv_head", 1),
         ("sr_start", 1.5),
         ("sr_portion", 0.0),
         ("sr_mode", "zeroth"),
@@ -304,12 +369,19 @@ def test_distill_deterministic_and_reports(kd):
     a = distill(t, **kw)
     b = distill(t, **kw)
     assert all(torch.equal(p, q) for p, q in zip(a.student.parameters(), b.student.parameters()))
-    assert set(a.metrics) == {"acc", "asr"} and set(a.metrics["asr"]) == {"p"}
+    assert set(a.metrics) == {"acc", "asr", "target_acc"} and set(a.metrics["asr"]) == set(a.metrics["target_acc"]) == {"p"}
     assert a.info["sv_active"] is True and a.info["sr"] is True
     assert "sr_outer_kl_mean" in a.info
     assert all(p.requires_grad for p in t.parameters())  # the caller's teacher is not modified
     plain = distill(t, defended=False, **kw)
     assert plain.info["sv"] is False and plain.info["sr"] is False
+    assert a.info["sv_head"] is None
+    head = distill(t, **{**kw, "sv_head": True, "sr": False})
+    assert head.info["sv_head"] == channel_head(t, _x(1))[0]
+    no_head = distill(t, **{**kw, "sr": False})
+    # ZSKT's generator reads the shuffled teacher's KL, which the head shuffle changes (OOD KD reads only
+    # the argmax agreement, which a 3-step tiny run may leave the same).
+    assert kd == "ood" or not all(torch.equal(p, q) for p, q in zip(head.student.parameters(), no_head.student.parameters()))
 
 
 def test_on_run_end_writes_table(tmp_path: Path):
@@ -324,10 +396,39 @@ def test_on_run_end_writes_table(tmp_path: Path):
     text = (tmp_path / "abd.md").read_text()
     assert "| patch |" in text and "KD+ABD" in text
     assert all(torch.equal(p, q) for p, q in zip(before, model.parameters()))  # global model untouched
-    assert markdown_table(out).count("\n") == 3
+    table = markdown_table(out)
+    assert table.count("\n") == 4 and "| patch: target-class acc |" in table
 
 
-@pytest.mark.parametrize("name", ["abd.toml", "abd_scenes.toml"])
+class _Always(nn.Module):
+    """Predicts class ``c`` for every input."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.c = c
+        self.anchor = nn.Parameter(torch.zeros(()))  # the metrics read the device off a parameter
+
+    def forward(self, x):
+        return nn.functional.one_hot(torch.full((len(x),), self.c), 10).float()
+
+
+def test_evaluate_reports_the_target_class_accuracy_beside_the_asr():
+    """Worked by hand on 40 images, 4 per class, trigger target 0: a model that never
+    predicts 0 has ASR 0 and target-class accuracy 0; one that always predicts 0 has
+    ASR 1 (36 non-target images), target-class accuracy 1, overall accuracy 4/40."""
+    from fedsec.plugins.abd import evaluate
+
+    test, trig = _test_set(), {"p": _trigger()}
+    never = evaluate(_Always(3), test, trig)
+    assert never["asr"]["p"] == 0.0 and never["target_acc"]["p"] == 0.0 and never["acc"] == pytest.approx(0.1)
+    always = evaluate(_Always(0), test, trig)
+    assert always["asr"]["p"] == 1.0 and always["target_acc"]["p"] == 1.0 and always["acc"] == pytest.approx(0.1)
+    all_to_all = EvalTrigger(apply=lambda x: x, target_fn=lambda y: (y + 1) % 10)
+    assert evaluate(_Always(0), test, {"a": all_to_all})["target_acc"] == {}  # no single target class
+    assert "| p: target-class acc | 0.0 |" in markdown_table({"teacher": never})
+
+
+@pytest.mark.parametrize("name", ["abd.toml", "abd_8x8.toml"])
 def test_abd_experiment_scenario_runs_end_to_end(tmp_path: Path, name: str):
     """The experiment scenarios stay valid: a backdoored federation whose global
     model the plugin distils (tiny: 1 round, 2 generator rounds)."""
@@ -348,3 +449,42 @@ def test_abd_experiment_scenario_runs_end_to_end(tmp_path: Path, name: str):
         assert out["kd_abd"]["info"]["sv_active"] is True
     table = (res.run_dir / "abd.md").read_text()
     assert "| badnets |" in table and "KD+ABD" in table
+    # the repaired models are kept: each reloads from its own metadata and scores what was reported
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from fedsec.federation.env import dataset_of, new_model, scenario_from_toml
+    from fedsec.metrics import accuracy
+
+    for key, file in (("kd", "student_kd.safetensors"), ("kd_abd", "student_kd_abd.safetensors")):
+        with safe_open(str(res.run_dir / file), "pt") as f:
+            meta = f.metadata()
+        st = new_model(scenario_from_toml(meta["scenario"]))
+        st.load_state_dict(load_file(str(res.run_dir / file)))
+        assert accuracy(st.eval(), dataset_of(s).test) == pytest.approx(out[key]["acc"], abs=1e-6)
+        assert json.loads(meta["abd"])["steps"] == 2
+
+
+def test_save_student_records_the_student_architecture(tmp_path: Path):
+    """A student of another architecture than the teacher is saved under a scenario
+    that names it, so it can be rebuilt without knowing the ABD options."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from fedsec.federation.env import new_model, scenario_from_toml
+    from fedsec.plugins.abd import save_student
+    from fedsec.scenario import load_scenario
+
+    s = load_scenario(Path(__file__).resolve().parents[2] / "experiments" / "quickstart.toml")
+    cfg = ABDConfig(student="mlp", student_params={"hidden": 16})
+    student = build_model("mlp", in_shape=IN_SHAPE, num_classes=10, hidden=16)
+    save_student(tmp_path / "st.safetensors", student, s, cfg)
+    with safe_open(str(tmp_path / "st.safetensors"), "pt") as f:
+        back = scenario_from_toml(f.metadata()["scenario"])
+    assert back.model.name == "mlp" and back.model.params == {"hidden": 16}
+    assert s.model.name != "mlp" and back.data == s.data and back.attack == s.attack
+    rebuilt = new_model(back)
+    rebuilt.load_state_dict(load_file(str(tmp_path / "st.safetensors")))
+    x = torch.rand(4, *IN_SHAPE)
+    assert torch.equal(rebuilt(x), student(x))
+    assert not list(tmp_path.glob(".*.tmp"))

@@ -71,7 +71,8 @@ def discover(grid: Grid, scenario_toml: str, expected: int, timeout: float = 600
         mapping[reply.metadata.src_node_id] = int(reply.content["info"]["partition-id"])
     if len(mapping) < len(nodes):
         raise RuntimeError(
-            f"only {len(mapping)} of {len(nodes)} nodes answered the discovery query within {timeout:.0f}s"
+            f"only {len(mapping)} of {len(nodes)} nodes answered the discovery query within {timeout:.0f}s "
+            f"(silent node ids: {sorted(set(nodes) - set(mapping))})"
         )
     if sorted(mapping.values()) != list(range(expected)):
         raise RuntimeError(

@@ -101,9 +101,10 @@ reads the last conv layer's flattened maps (:func:`channel_head`). The reference
 shuffles the last 5 conv layers of a WRN-16-2, so that clean features are
 scrambled while the few backdoor channels still fire (Sec. 4.1); in the 2-conv
 ``cnn`` only one conv layer mixes learned channels, and shuffling it alone leaves
-the shuffled teacher agreeing with the teacher on 46-81% of clean test images (digits_scenes, both federated teachers).
-With the head's channels shuffled as well, clean agreement falls to 5-18% while
-triggered inputs keep 98-100% (``experiments/plugins/abd.md``), which is the
+the shuffled teacher agreeing with the teacher on 49-80% of clean test images
+(digits_scenes, both federated teachers). With the head's channels shuffled as
+well, clean agreement falls to 5-18% while triggered inputs mostly keep their
+label (patch 100%, blend 54-99%; ``experiments/plugins/abd.md``), which is the
 separation the vaccine assumes. Its cost: a shuffled teacher falls back on the
 backdoor's target class (41-69% of clean images there), so the vaccine also
 suppresses clean samples of that class and the student can lose it (0% clean

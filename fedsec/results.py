@@ -56,6 +56,14 @@ def atomic_write(path: Path, data: bytes | str) -> None:
         raise
 
 
+def write_safetensors(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """A state dict as safetensors (CPU, contiguous), written atomically."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    atomic_write(path, save(tensors, metadata=metadata))
+
+
 class RunWriter:
     """Writes ``runs/<name>-<timestamp>/``: scenario.toml, metrics.jsonl, summary.json, model."""
 
@@ -81,10 +89,7 @@ class RunWriter:
                                                             indent=2, allow_nan=False))
 
     def write_model(self, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-        from safetensors.torch import save
-
-        tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-        atomic_write(self.path / "model.safetensors", save(tensors, metadata=metadata))
+        write_safetensors(self.path / "model.safetensors", state, metadata)
 
     def write_plots(self) -> list[Path]:
         return plot_history(self.rows, self.path)

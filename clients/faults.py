@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from clients.base import Behaviour, register_behaviour
+from fedsec.clients.base import Behaviour, register_behaviour
 
 MODES = ("raise", "exit", "nan", "inf")
 

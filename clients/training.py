@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from clients.base import Behaviour, ClientContext
+from fedsec.clients.base import Behaviour, ClientContext
 from fedsec.data import TensorData
 from fedsec.training import sgd_train
 

@@ -1,5 +1,8 @@
 """fedsec: federated-learning simulation for security research."""
 
+from fedsec._layout import install_sibling_finder as _install
+
+_install()
 from fedsec.scenario import Scenario, ScenarioError, load_scenario
 
 

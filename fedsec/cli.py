@@ -83,12 +83,12 @@ def run(
 @app.command("list")
 def list_() -> None:
     """List the registered datasets, models, partitioners, rules, behaviours, plugins, engines."""
-    from clients import BEHAVIOURS
+    from fedsec.clients import BEHAVIOURS
     from fedsec.data import DATASETS, PARTITIONERS
     from fedsec.federation.engines import ENGINES
     from fedsec.models import MODELS
     from fedsec.plugins import PLUGINS
-    from strategies import AGGREGATORS
+    from fedsec.strategies import AGGREGATORS
 
     for title, reg in [("datasets", DATASETS), ("models", MODELS), ("partitioners", PARTITIONERS),
                        ("aggregation rules", AGGREGATORS), ("client behaviours", BEHAVIOURS),
@@ -114,7 +114,7 @@ def craft_backdoor_cmd(
 ) -> None:
     """Train a backdoored model (the poisoned-pretrained-model attack); start a federation
     from it with `model.init = "OUT"` in the scenario."""
-    from clients.attacks.pretrained import craft_backdoor
+    from fedsec.clients.attacks.pretrained import craft_backdoor
 
     try:
         res = craft_backdoor(out, dataset=dataset, root=root, model=model, target=target,

@@ -121,7 +121,7 @@ class ServerConfig:
     """eta: the aggregated update is added to the global model times this factor."""
 
     def validate(self, path: str) -> None:
-        from strategies import AGGREGATORS
+        from fedsec.strategies import AGGREGATORS
 
         _check(self.rounds >= 1, f"{path}.rounds", self.rounds, "an integer >= 1")
         _check(0 < self.fraction_train <= 1, f"{path}.fraction_train", self.fraction_train,
@@ -151,7 +151,7 @@ class AttackConfig:
         return (server_round - self.start_round) % self.every == 0
 
     def validate(self, path: str, num_clients: int) -> None:
-        from clients import BEHAVIOURS
+        from fedsec.clients import BEHAVIOURS
 
         _check(self.behaviour in BEHAVIOURS, f"{path}.behaviour", self.behaviour,
                f"one of {BEHAVIOURS.names()}")

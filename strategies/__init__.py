@@ -1,6 +1,6 @@
 """Robust aggregation rules on the update matrix U (n clients x d coordinates).
 
-    from strategies import get_aggregator
+    from fedsec.strategies import get_aggregator
     rule = get_aggregator("krum", f=2)
     out = rule(U, weights=w, generator=g)   # out.vector, out.accepted, out.scores
 
@@ -9,7 +9,12 @@ own with ``@register_aggregator("name")`` on an ``Aggregator`` subclass.
 Importing this package does not import flwr (except the Flower strategy below).
 """
 
-from strategies.base import (
+from fedsec._layout import alias_toplevel as _alias
+
+_alias(__name__)  # `import strategies` (the card's name) -> fedsec.strategies
+
+
+from fedsec.strategies.base import (
     AGGREGATORS,
     AggregationResult,
     Aggregator,
@@ -18,7 +23,7 @@ from strategies.base import (
 )
 
 # one module per rule; importing them registers them
-from strategies import (  # noqa: E402,F401  isort: skip
+from fedsec.strategies import (  # noqa: E402,F401  isort: skip
     mean,
     median,
     trimmed_mean,
@@ -45,14 +50,14 @@ __all__ = [
 
 # ---------------------------------------------------------------------------
 # Flower strategy (maintained by the lead; the only place that imports flwr).
-# Add below this line:  from strategies.robust_strategy import RobustStrategy
+# Add below this line:  from fedsec.strategies.robust_strategy import RobustStrategy
 # ---------------------------------------------------------------------------
 
 
 def __getattr__(name: str):
     # Lazy, so that importing the rules never imports Flower.
     if name == "RobustStrategy":
-        from strategies.robust_strategy import RobustStrategy
+        from fedsec.strategies.robust_strategy import RobustStrategy
 
         return RobustStrategy
     raise AttributeError(f"module 'strategies' has no attribute {name!r}")

@@ -10,14 +10,14 @@ from dataclasses import dataclass
 
 import torch
 
-from strategies._functional import (
+from fedsec.strategies._functional import (
     by_column_blocks,
     coordinate_median,
     krum_scores,
     lowest_scores,
     pairwise_sq_distances,
 )
-from strategies.base import (
+from fedsec.strategies.base import (
     AggregationResult,
     Aggregator,
     check_param,
@@ -25,7 +25,7 @@ from strategies.base import (
     register_aggregator,
     require_clients,
 )
-from strategies.multikrum import multikrum_selection
+from fedsec.strategies.multikrum import multikrum_selection
 
 
 @register_aggregator("bulyan")

@@ -11,8 +11,8 @@ from typing import Literal
 
 import torch
 
-from strategies._functional import coordinate_median, gram64
-from strategies.base import (
+from fedsec.strategies._functional import coordinate_median, gram64
+from fedsec.strategies.base import (
     AggregationResult,
     Aggregator,
     check_param,

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from strategies._functional import coordinate_median, max_abs, top_direction, weighted_mean
-from strategies.base import (
+from fedsec.strategies._functional import coordinate_median, max_abs, top_direction, weighted_mean
+from fedsec.strategies.base import (
     AggregationResult,
     Aggregator,
     check_param,

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from strategies._functional import max_abs
-from strategies.base import (
+from fedsec.strategies._functional import max_abs
+from fedsec.strategies.base import (
     AggregationResult,
     Aggregator,
     check_param,

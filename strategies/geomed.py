@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from strategies._functional import coordinate_median, gram64
-from strategies.base import (
+from fedsec.strategies._functional import coordinate_median, gram64
+from fedsec.strategies.base import (
     AggregationResult,
     Aggregator,
     check_param,

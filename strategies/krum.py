@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from strategies._functional import krum_scores, lowest_scores, pairwise_sq_distances
-from strategies.base import (
+from fedsec.strategies._functional import krum_scores, lowest_scores, pairwise_sq_distances
+from fedsec.strategies.base import (
     AggregationResult,
     Aggregator,
     check_param,

@@ -13,8 +13,8 @@ from typing import Literal
 
 import torch
 
-from strategies._functional import coordinate_median, robust_z_scores, row_norms, weighted_mean
-from strategies.base import (
+from fedsec.strategies._functional import coordinate_median, robust_z_scores, row_norms, weighted_mean
+from fedsec.strategies.base import (
     AggregationResult,
     Aggregator,
     check_param,

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from strategies._functional import weighted_mean
-from strategies.base import AggregationResult, Aggregator, register_aggregator
+from fedsec.strategies._functional import weighted_mean
+from fedsec.strategies.base import AggregationResult, Aggregator, register_aggregator
 
 
 @register_aggregator("mean")

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from strategies._functional import coordinate_median
-from strategies.base import AggregationResult, Aggregator, register_aggregator
+from fedsec.strategies._functional import coordinate_median
+from fedsec.strategies.base import AggregationResult, Aggregator, register_aggregator
 
 
 @register_aggregator("median")

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from strategies._functional import clip_factors, gaussian, row_norms
-from strategies.base import (
+from fedsec.strategies._functional import clip_factors, gaussian, row_norms
+from fedsec.strategies.base import (
     AggregationResult,
     Aggregator,
     check_param,

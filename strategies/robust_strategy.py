@@ -33,7 +33,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
-from strategies.base import Aggregator, finite_rows
+from fedsec.strategies.base import Aggregator, finite_rows
 
 Adversary = Callable[[int, torch.Tensor, list[int], torch.Generator], torch.Tensor]
 

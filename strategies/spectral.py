@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from strategies._functional import max_abs, weighted_mean
-from strategies.base import (
+from fedsec.strategies._functional import max_abs, weighted_mean
+from fedsec.strategies.base import (
     AggregationResult,
     Aggregator,
     check_param,

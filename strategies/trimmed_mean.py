@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from strategies._functional import by_column_blocks
-from strategies.base import (
+from fedsec.strategies._functional import by_column_blocks
+from fedsec.strategies.base import (
     AggregationResult,
     Aggregator,
     check_param,

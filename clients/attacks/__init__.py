@@ -3,21 +3,21 @@
 ========================  ==========================================================
 name                      module
 ========================  ==========================================================
-badnets                   :mod:`clients.attacks.badnets`
-dba                       :mod:`clients.attacks.dba`
-model_replacement         :mod:`clients.attacks.model_replacement`
-pretrained                :mod:`clients.attacks.pretrained` (+ ``craft_backdoor``)
-code_poisoning            :mod:`clients.attacks.code_poisoning`
-bitflip, bitflip_random   :mod:`clients.attacks.bitflip`
-feature_collision         :mod:`clients.attacks.feature_collision`
-label_flip                :mod:`clients.attacks.label_flip`
-sign_flip                 :mod:`clients.attacks.sign_flip`
-gaussian                  :mod:`clients.attacks.gaussian`
-alie, ipm, minmax, minsum :mod:`clients.attacks.omniscient` (omniscient, server stage)
+badnets                   :mod:`fedsec.clients.attacks.badnets`
+dba                       :mod:`fedsec.clients.attacks.dba`
+model_replacement         :mod:`fedsec.clients.attacks.model_replacement`
+pretrained                :mod:`fedsec.clients.attacks.pretrained` (+ ``craft_backdoor``)
+code_poisoning            :mod:`fedsec.clients.attacks.code_poisoning`
+bitflip, bitflip_random   :mod:`fedsec.clients.attacks.bitflip`
+feature_collision         :mod:`fedsec.clients.attacks.feature_collision`
+label_flip                :mod:`fedsec.clients.attacks.label_flip`
+sign_flip                 :mod:`fedsec.clients.attacks.sign_flip`
+gaussian                  :mod:`fedsec.clients.attacks.gaussian`
+alie, ipm, minmax, minsum :mod:`fedsec.clients.attacks.omniscient` (omniscient, server stage)
 ========================  ==========================================================
 """
 
-from clients.attacks import (  # noqa: F401
+from fedsec.clients.attacks import (  # noqa: F401
     badnets,
     bitflip,
     code_poisoning,
@@ -30,4 +30,4 @@ from clients.attacks import (  # noqa: F401
     pretrained,
     sign_flip,
 )
-from clients.attacks.pretrained import craft_backdoor  # noqa: F401
+from fedsec.clients.attacks.pretrained import craft_backdoor  # noqa: F401

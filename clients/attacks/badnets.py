@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from clients.attacks._common import check, check_fraction, check_target, coerce_trigger, is_int, poison_rows
-from clients.base import Behaviour, ClientContext, register_behaviour
+from fedsec.clients.attacks._common import check, check_fraction, check_target, coerce_trigger, is_int, poison_rows
+from fedsec.clients.base import Behaviour, ClientContext, register_behaviour
 from fedsec.data import TensorData
 from fedsec.data.triggers import Trigger
 from fedsec.metrics import EvalTrigger

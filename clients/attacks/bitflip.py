@@ -42,8 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clients.attacks._common import check, check_target, coerce_trigger, is_int, is_num
-from clients.base import Behaviour, ClientContext, register_behaviour
+from fedsec.clients.attacks._common import check, check_target, coerce_trigger, is_int, is_num
+from fedsec.clients.base import Behaviour, ClientContext, register_behaviour
 from fedsec.data import TensorData
 from fedsec.data.triggers import Trigger
 from fedsec.metrics import EvalTrigger

@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from clients.attacks._common import check, check_target, coerce_trigger, is_num
-from clients.base import Behaviour, ClientContext, register_behaviour
+from fedsec.clients.attacks._common import check, check_target, coerce_trigger, is_num
+from fedsec.clients.base import Behaviour, ClientContext, register_behaviour
 from fedsec.data.triggers import Trigger
 from fedsec.metrics import EvalTrigger
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from clients.attacks._common import check, check_fraction, check_target, coerce_trigger, is_num, rewrite_update
-from clients.attacks.badnets import TriggerBackdoor
-from clients.base import ClientContext, register_behaviour
+from fedsec.clients.attacks._common import check, check_fraction, check_target, coerce_trigger, is_num, rewrite_update
+from fedsec.clients.attacks.badnets import TriggerBackdoor
+from fedsec.clients.base import ClientContext, register_behaviour
 from fedsec.data.triggers import Trigger
 
 

@@ -40,8 +40,8 @@ from dataclasses import dataclass
 
 import torch
 
-from clients.attacks._common import check, is_int, is_num, penultimate
-from clients.base import Behaviour, ClientContext, register_behaviour
+from fedsec.clients.attacks._common import check, is_int, is_num, penultimate
+from fedsec.clients.base import Behaviour, ClientContext, register_behaviour
 from fedsec.data import TensorData, load_dataset
 from fedsec.metrics import EvalTrigger
 

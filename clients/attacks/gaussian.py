@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from clients.attacks._common import check, is_num, rewrite_update
-from clients.base import Behaviour, ClientContext, register_behaviour
+from fedsec.clients.attacks._common import check, is_num, rewrite_update
+from fedsec.clients.base import Behaviour, ClientContext, register_behaviour
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from clients.attacks._common import check_fraction, choose
-from clients.base import Behaviour, ClientContext, register_behaviour
+from fedsec.clients.attacks._common import check_fraction, choose
+from fedsec.clients.base import Behaviour, ClientContext, register_behaviour
 from fedsec.data import TensorData
 
 

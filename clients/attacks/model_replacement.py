@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from clients.attacks._common import (
+from fedsec.clients.attacks._common import (
     check, check_fraction, check_target, coerce_trigger, is_num, rewrite_update, update_norm,
 )
-from clients.attacks.badnets import TriggerBackdoor
-from clients.base import ClientContext, register_behaviour
+from fedsec.clients.attacks.badnets import TriggerBackdoor
+from fedsec.clients.base import ClientContext, register_behaviour
 from fedsec.data.triggers import Trigger
 
 

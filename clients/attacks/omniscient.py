@@ -39,8 +39,8 @@ from statistics import NormalDist
 
 import torch
 
-from clients.attacks._common import check, is_num
-from clients.base import Behaviour, register_behaviour
+from fedsec.clients.attacks._common import check, is_num
+from fedsec.clients.base import Behaviour, register_behaviour
 
 
 def _reference(U: torch.Tensor, attackers: torch.Tensor, omniscient: bool) -> torch.Tensor:

@@ -23,9 +23,9 @@ from typing import Any
 
 import torch
 
-from clients.attacks._common import check, check_target, coerce_trigger, is_int, is_num
-from clients.attacks.badnets import BadNets, BadNetsParams
-from clients.base import Behaviour, ClientContext, register_behaviour
+from fedsec.clients.attacks._common import check, check_target, coerce_trigger, is_int, is_num
+from fedsec.clients.attacks.badnets import BadNets, BadNetsParams
+from fedsec.clients.base import Behaviour, ClientContext, register_behaviour
 from fedsec.data import TensorData, load_dataset
 from fedsec.data.triggers import Trigger
 from fedsec.metrics import EvalTrigger, accuracy, attack_success_rate
@@ -90,7 +90,7 @@ def craft_backdoor(
     """
     from safetensors.torch import save_file
 
-    from clients.training import local_train
+    from fedsec.clients.training import local_train
 
     check(is_int(epochs) and epochs >= 1, "epochs", epochs, "an integer >= 1")
     check(is_int(batch_size) and batch_size >= 1, "batch_size", batch_size, "an integer >= 1")

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from clients.attacks._common import check, is_num, rewrite_update
-from clients.base import Behaviour, ClientContext, register_behaviour
+from fedsec.clients.attacks._common import check, is_num, rewrite_update
+from fedsec.clients.base import Behaviour, ClientContext, register_behaviour
 
 
 @dataclass(frozen=True, kw_only=True)

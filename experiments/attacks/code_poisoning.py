@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from clients import ClientContext, get_behaviour, local_train
+from fedsec.clients import ClientContext, get_behaviour, local_train
 from fedsec.data import load_dataset
 from fedsec.metrics import EvalTrigger, accuracy, attack_success_rate
 from fedsec.models import build_model

@@ -27,7 +27,7 @@ import copy
 
 import torch
 
-from clients import ClientContext, get_behaviour, local_train
+from fedsec.clients import ClientContext, get_behaviour, local_train
 from fedsec.data import load_dataset
 from fedsec.metrics import accuracy, predict
 from fedsec.models import build_model

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from clients.attacks.pretrained import craft_backdoor
+from fedsec.clients.attacks.pretrained import craft_backdoor
 from fedsec import load_scenario, run
 from fedsec.data import load_dataset
 

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from strategies import get_aggregator  # noqa: E402
+from fedsec.strategies import get_aggregator  # noqa: E402
 
 
 def timeit(fn, repeats: int) -> float:
@@ -87,7 +87,7 @@ def main() -> None:
                       "trimmed_mean": {"beta": 0.1}, "filtering": {"eps": 0.1},
                       "spectral": {"eps": 0.1}, "norm_clip": {"M": 1.0, "sigma": 0.01}}
             fl = flower_fns(U.numpy(), w.numpy(), f)
-            from strategies import AGGREGATORS
+            from fedsec.strategies import AGGREGATORS
 
             for name in AGGREGATORS.names():
                 if only and name not in only:

@@ -12,7 +12,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients import BEHAVIOURS, ClientContext, Honest, local_train
+from fedsec.clients import BEHAVIOURS, ClientContext, Honest, local_train
 from fedsec.federation.env import dataset_of, device_of, new_model, partitions_of, scenario_from_toml
 from fedsec.seeding import generator, scoped_seed, torch_threads
 

@@ -12,7 +12,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from torch import nn
 
-from clients import BEHAVIOURS
+from fedsec.clients import BEHAVIOURS
 from fedsec.federation.env import dataset_of, device_of, initial_state, new_model
 from fedsec.metrics import EvalTrigger, accuracy, attack_success_rate, detection
 from fedsec.plugins import PLUGINS, PluginContext
@@ -89,7 +89,7 @@ def run_server(
     output: str | Path | None = None,
     progress: Progress | None = None,
 ) -> FederationResult:
-    from strategies import AGGREGATORS, RobustStrategy
+    from fedsec.strategies import AGGREGATORS, RobustStrategy
 
     s = scenario
     toml_text = s.to_toml()

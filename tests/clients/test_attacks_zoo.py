@@ -8,8 +8,8 @@ from statistics import NormalDist
 import pytest
 import torch
 
-from clients import BEHAVIOURS, ClientContext, get_behaviour, local_train
-from clients.attacks.bitflip import attacked_layers, hamming_int8, quantize_int8
+from fedsec.clients import BEHAVIOURS, ClientContext, get_behaviour, local_train
+from fedsec.clients.attacks.bitflip import attacked_layers, hamming_int8, quantize_int8
 from fedsec.data import TensorData, load_dataset
 from fedsec.metrics import attack_success_rate
 from fedsec.models import build_model
@@ -228,7 +228,7 @@ def test_code_poisoning_leaves_data_untouched_and_plants_the_backdoor(digits):
 
 
 def test_code_poisoning_mgda_weights():
-    from clients.attacks.code_poisoning import mgda_two_task
+    from fedsec.clients.attacks.code_poisoning import mgda_two_task
 
     g1, g2 = [torch.tensor([1.0, 0.0])], [torch.tensor([0.0, 1.0])]
     assert mgda_two_task(g1, g2) == pytest.approx(0.5)

@@ -7,8 +7,8 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from clients import BEHAVIOURS, ClientContext, get_behaviour
-from clients.attacks.pretrained import craft_backdoor
+from fedsec.clients import BEHAVIOURS, ClientContext, get_behaviour
+from fedsec.clients.attacks.pretrained import craft_backdoor
 from fedsec import Scenario, load_scenario, run
 from fedsec.data import TensorData
 from fedsec.data.triggers import Trigger

@@ -10,7 +10,7 @@ import torch
 from scipy.stats import norm
 from torch import nn
 
-from clients import BEHAVIOURS, ClientContext, get_behaviour
+from fedsec.clients import BEHAVIOURS, ClientContext, get_behaviour
 from fedsec import load_scenario, run
 from fedsec.data import TensorData
 
@@ -90,7 +90,7 @@ def test_server_stage_float64_and_single_attacker(name, params):
 
 
 def test_alie_z_matches_the_paper_formula():
-    from clients.attacks.omniscient import alie_z
+    from fedsec.clients.attacks.omniscient import alie_z
 
     # n = 50, f = 12: s = floor(50/2 + 1) - 12 = 14, z = Phi^-1((50 - 14) / 50) = Phi^-1(0.72)
     assert alie_z(50, 12) == pytest.approx(norm.ppf(0.72), abs=1e-6)

@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clients import ClientContext, get_behaviour
-from clients.attacks._common import penultimate
-from clients.attacks.code_poisoning import mgda_two_task
-from clients.training import local_train
+from fedsec.clients import ClientContext, get_behaviour
+from fedsec.clients.attacks._common import penultimate
+from fedsec.clients.attacks.code_poisoning import mgda_two_task
+from fedsec.clients.training import local_train
 from fedsec.data import TensorData, load_dataset
 from fedsec.metrics import accuracy, attack_success_rate, predict
 from fedsec.models import build_model

@@ -15,7 +15,7 @@ PARAMS = {
 
 
 def make(name: str, **over):
-    from strategies import get_aggregator
+    from fedsec.strategies import get_aggregator
 
     return get_aggregator(name, **{**PARAMS.get(name, {}), **over})
 

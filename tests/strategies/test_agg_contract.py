@@ -6,7 +6,7 @@ from agg_helpers import PARAMS, gen, make, randn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from strategies import AGGREGATORS, AggregationResult, Aggregator, get_aggregator, register_aggregator
+from fedsec.strategies import AGGREGATORS, AggregationResult, Aggregator, get_aggregator, register_aggregator
 
 N, D = 12, 7
 NAMES = AGGREGATORS.names()
@@ -70,7 +70,7 @@ def test_nonfinite_row_is_dropped(name, bad):
 
 
 def test_finite_rows_is_exact_when_a_row_sum_overflows():
-    from strategies.base import finite_rows
+    from fedsec.strategies.base import finite_rows
 
     U = torch.zeros(5, 4)
     U[0] = 3e38                      # finite entries, float32 row sum overflows to inf

@@ -7,7 +7,7 @@ from agg_helpers import gen, randn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from strategies import get_aggregator
+from fedsec.strategies import get_aggregator
 
 
 def test_robust_mean_filtering_and_spectral():

@@ -5,7 +5,7 @@ import pytest
 import torch
 from agg_helpers import gen, make, randn
 
-from strategies import get_aggregator
+from fedsec.strategies import get_aggregator
 
 
 def test_median_known_columns_odd_and_even():

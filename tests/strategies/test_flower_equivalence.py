@@ -7,7 +7,7 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import Bulyan, FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum
 
 from fedsec.federation.engines import _server_context
-from strategies import get_aggregator
+from fedsec.strategies import get_aggregator
 
 
 def flower_aggregate(strategy, U: np.ndarray, weights: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from strategies import AGGREGATORS, Aggregator, get_aggregator, register_aggregator
+from fedsec.strategies import AGGREGATORS, Aggregator, get_aggregator, register_aggregator
 
 KW = {"krum": {"f": 2}, "multikrum": {"f": 2}, "bulyan": {"f": 2}, "trimmed_mean": {"f": 2},
       "filtering": {"eps": 0.2}, "spectral": {"eps": 0.2}, "norm_clip": {"M": 5.0}}

@@ -14,13 +14,16 @@ from dataclasses import dataclass
 
 import torch
 
-from fedsec.clients.base import Behaviour, register_behaviour
+from fedsec.clients.base import Behaviour, ClientTask, register_behaviour
 
 MODES = ("raise", "exit", "nan", "inf")
 
 
+@register_behaviour("fault")
 @dataclass(frozen=True, kw_only=True)
-class FaultParams:
+class Fault(Behaviour):
+    """Fault injection after local training: raise, kill the process, or send NaN/inf."""
+
     mode: str = "raise"
     """raise: exception in training; exit: the client's process dies (os._exit);
     nan / inf: the submitted weights contain NaN / inf."""
@@ -29,19 +32,11 @@ class FaultParams:
         if self.mode not in MODES:
             raise ValueError(f"mode: got {self.mode!r}, expected one of {MODES}")
 
-
-@register_behaviour("fault")
-class Fault(Behaviour):
-    """Fault injection after local training: raise, kill the process, or send NaN/inf."""
-
-    Params = FaultParams
-
-    def after_train(self, model, ctx):
-        mode = self.params.mode
+    def finalize(self, task: ClientTask) -> None:
+        mode = self.mode
         if mode == "raise":
-            raise RuntimeError(f"injected fault in partition {ctx.partition_id}")
+            raise RuntimeError(f"injected fault in partition {task.partition_id}")
         if mode == "exit":
             os._exit(17)
         with torch.no_grad():
-            next(model.parameters()).view(-1)[0] = float("nan") if mode == "nan" else float("inf")
-        return {}
+            next(task.model.parameters()).view(-1)[0] = float("nan") if mode == "nan" else float("inf")

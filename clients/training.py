@@ -1,38 +1,29 @@
 """A client's local training: the project's one SGD loop (fedsec.training) with the
-behaviour's hooks (poison the data or each batch, replace the loss, perturb the result)."""
+behaviour's stages (prepare, poison each batch, the loss, edit gradients, finalize)."""
 
 from __future__ import annotations
 
-from torch import nn
-
-from fedsec.clients.base import Behaviour, ClientContext
-from fedsec.data import TensorData
+from fedsec.clients.base import Behaviour, ClientTask
 from fedsec.training import sgd_train
 
 
-def local_train(
-    model: nn.Module,
-    data: TensorData,
-    *,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    momentum: float,
-    weight_decay: float,
-    behaviour: Behaviour,
-    ctx: ClientContext,
-) -> dict[str, float]:
-    """SGD over ``data`` for ``epochs``; batch order drawn from ``ctx.generator``.
+def local_train(behaviour: Behaviour, task: ClientTask) -> dict[str, float]:
+    """Run ``behaviour``'s stages around the honest loop on ``task`` (in place on ``task.model``).
 
-    Returns ``{"train_loss": mean loss of the last epoch, "num-examples": n, ...}``
-    plus whatever the behaviour's ``after_train`` reports.
+    Batch order is drawn from ``task.generator``. Returns ``{"train_loss": mean loss
+    of the last epoch, "num-examples": len(task.data) after prepare}`` plus
+    ``task.metrics``.
     """
-    data = behaviour.poison_data(data, ctx)
+    behaviour.prepare(task)
+    c = task.config
+    stages = type(behaviour).overridden_stages()
     loss = sgd_train(
-        model, data, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
-        weight_decay=weight_decay, generator=ctx.generator, device=ctx.device,
-        batch_fn=lambda x, y: behaviour.poison_batch(x, y, ctx),
-        loss_fn=lambda m, x, y: behaviour.loss(m, x, y, ctx),
+        task.model, task.data, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
+        momentum=c.momentum, weight_decay=c.weight_decay, generator=task.generator,
+        device=task.device,
+        batch_fn=(lambda x, y: behaviour.poison_batch(x, y, task)) if "poison_batch" in stages else None,
+        loss_fn=lambda m, x, y: behaviour.loss(m, x, y, task),
+        grad_fn=(lambda: behaviour.on_gradients(task)) if "on_gradients" in stages else None,
     )
-    extra = behaviour.after_train(model, ctx)
-    return {"train_loss": loss, "num-examples": float(len(data)), **extra}
+    behaviour.finalize(task)
+    return {"train_loss": loss, "num-examples": float(len(task.data)), **task.metrics}

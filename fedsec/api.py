@@ -20,7 +20,7 @@ def run(
     Returns the per-round ``history`` (the rows of metrics.jsonl), the
     ``summary``, the final global ``model`` and the ``run_dir``.
     """
-    from fedsec.federation.engines import ENGINES
+    from fedsec.federation import ENGINES
 
     if not isinstance(scenario, Scenario):
         scenario = load_scenario(scenario, overrides)

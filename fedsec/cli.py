@@ -10,8 +10,39 @@ import typer
 from rich.console import Console
 from rich.markdown import Markdown
 from rich.table import Table
+from typer.core import TyperGroup
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+
+def _expected_error(e: BaseException) -> BaseException | None:
+    """``e`` (or the error a Ray task wrapped) if it is a user's mistake rather than a bug."""
+    from fedsec.checkpoint import CheckpointError
+    from fedsec.data.datasets import DatasetMissing
+    from fedsec.results import ResultsError
+    from fedsec.scenario import ScenarioError
+
+    expected = (ScenarioError, CheckpointError, DatasetMissing, ResultsError)
+    for err in (e, getattr(e, "cause", None)):
+        if isinstance(err, expected):
+            return err
+    return None
+
+
+class _Commands(TyperGroup):
+    """Every command: an expected error is one line on stderr and exit code 2; a bug keeps its traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except Exception as e:
+            err = _expected_error(e)
+            if err is None:
+                raise
+            typer.echo(f"error: {' '.join(str(err).split())}", err=True)
+            raise typer.Exit(2) from None
+
+
+# Locals in tracebacks print whole tensors and scenarios: hundreds of lines that hide the error.
+app = typer.Typer(add_completion=False, no_args_is_help=True, cls=_Commands, pretty_exceptions_show_locals=False,
                   help="Federated-learning security simulations (Flower + PyTorch).")
 console = Console()
 
@@ -44,6 +75,11 @@ def run(
     except ScenarioError as e:
         console.print(f"[red]invalid scenario:[/] {e}")
         raise typer.Exit(2) from None
+    from fedsec.federation.env import dataset_of, device_of, initial_state, partitions_of
+
+    # Missing data, an unsatisfiable split, an absent GPU or a bad model.init stop the
+    # run here, in one line, before any engine starts (they are cached for the run).
+    dataset_of(s), partitions_of(s), device_of(s), initial_state(s)
     logging.getLogger("flwr").setLevel(logging.WARNING)
 
     table = Table(title=f"{s.name}: {s.data.num_clients} clients, {s.server.aggregator}, engine {s.run.engine}")
@@ -85,7 +121,7 @@ def list_() -> None:
     """List the registered datasets, models, partitioners, rules, behaviours, plugins, engines."""
     from fedsec.clients import BEHAVIOURS
     from fedsec.data import DATASETS, PARTITIONERS
-    from fedsec.federation.engines import ENGINES
+    from fedsec.federation import ENGINES
     from fedsec.models import MODELS
     from fedsec.plugins import PLUGINS
     from fedsec.strategies import AGGREGATORS
@@ -194,7 +230,7 @@ def distill(
 
 @app.command()
 def bench(
-    sweep: Annotated[Path, typer.Argument(help="sweep TOML file (format: fedsec/bench.py, experiments/bench/README.md)")],
+    sweep: Annotated[Path, typer.Argument(help="sweep TOML file (format: fedsec/bench/spec.py, experiments/bench/README.md)")],
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="cells run at once, as Ray tasks when > 1 ($RAY_ADDRESS joins a cluster)")] = 1,
     out: Annotated[Optional[Path], typer.Option(help="sweep directory (default runs/bench/<sweep name>)")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="validate the sweep and list its cells; run nothing")] = False,

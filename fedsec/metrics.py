@@ -69,3 +69,52 @@ def detection(accepted: Iterable[int], sampled: Iterable[int], malicious: Iterab
         "recall": tp / len(bad) if bad else nan,
         "fpr": fp / len(sampled - bad) if sampled - bad else nan,
     }
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: TensorData, num_classes: int, batch_size: int = 1024) -> dict:
+    """Clean accuracy, mean cross-entropy and per-class accuracy in one pass over ``data``.
+
+    ``per_class_accuracy[c]`` is NaN for a class absent from ``data``; the
+    class-count-weighted mean of the per-class accuracies is ``accuracy``.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    correct = torch.zeros(num_classes, dtype=torch.float64)
+    count = torch.zeros(num_classes, dtype=torch.float64)
+    loss_sum = 0.0
+    for i in range(0, len(data), batch_size):
+        x, y = data.x[i : i + batch_size].to(device), data.y[i : i + batch_size]
+        logits = model(x).float().cpu()
+        loss_sum += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
+        hit = (logits.argmax(1) == y).double()
+        correct.index_add_(0, y, hit)
+        count.index_add_(0, y, torch.ones_like(hit))
+    n = float(count.sum())
+    per_class = torch.where(count > 0, correct / count.clamp(min=1), torch.full_like(count, float("nan")))
+    return {
+        "accuracy": float(correct.sum()) / n if n else float("nan"),
+        "loss": loss_sum / n if n else float("nan"),
+        "per_class_accuracy": per_class.tolist(),
+    }
+
+
+def asr_lifespan(rounds: list[int], asr: list[float], attack_rounds: Iterable[int]) -> int | str | None:
+    """Rounds after the last attacking round until ASR falls below half its peak.
+
+    Durability of a backdoor (Neurotoxin, Zhang et al. ICML 2022, measure it this
+    way): ``rounds``/``asr`` are the per-round series; the peak is taken up to the
+    last attacking round. Returns the number of rounds, ``"still above"`` when the
+    run ends first, or None when no attack ran.
+    """
+    attack = set(attack_rounds)
+    series = [(r, a) for r, a in zip(rounds, asr) if a == a]
+    attacked = [r for r, _ in series if r in attack]
+    if not attacked:
+        return None
+    last = max(attacked)
+    peak = max((a for r, a in series if r <= last), default=float("nan"))
+    for r, a in series:
+        if r > last and a < peak / 2:
+            return r - last
+    return "still above"

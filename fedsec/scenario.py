@@ -11,27 +11,84 @@ invalid scenario.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import difflib
 import hashlib
 import tomllib
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedsec.registry import import_components
+
 
 class ScenarioError(ValueError):
-    """A scenario field is invalid; the message starts with its dotted path."""
+    """One or more scenario fields are invalid; each message starts with its dotted path.
+
+    ``errors`` lists every problem found (a scenario is checked whole, so two
+    typos are reported together).
+    """
+
+    def __init__(self, message: str, errors: list[str] | None = None) -> None:
+        self.errors = list(errors) if errors else [message]
+        super().__init__(message)
+
+    @classmethod
+    def of(cls, errors: list[str]) -> ScenarioError:
+        if len(errors) == 1:
+            return cls(errors[0])
+        return cls(f"{len(errors)} problems in the scenario:\n" + "\n".join(f"  - {e}" for e in errors),
+                   errors)
 
 
-def _fail(path: str, value: Any, expected: str) -> typing.NoReturn:
-    raise ScenarioError(f"{path}: got {value!r}, expected {expected}")
+# While a scenario is validated, problems are collected here instead of raised one at a time.
+_collector: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("fedsec_scenario_errors",
+                                                                              default=None)
 
 
-def _check(cond: bool, path: str, value: Any, expected: str) -> None:
+@contextlib.contextmanager
+def collecting_errors() -> Iterator[list[str]]:
+    """Collect every :func:`_report`-ed problem of the block; raise them together at its end."""
+    if _collector.get() is not None:  # nested: the outermost block raises
+        yield _collector.get()  # type: ignore[misc]
+        return
+    errors: list[str] = []
+    token = _collector.set(errors)
+    try:
+        yield errors
+    finally:
+        _collector.reset(token)
+    if errors:
+        raise ScenarioError.of(list(dict.fromkeys(errors)))
+
+
+def _report(message: str) -> None:
+    errors = _collector.get()
+    if errors is None:
+        raise ScenarioError(message)
+    errors.append(message)
+
+
+def _check(cond: bool, path: str, value: Any, expected: str) -> bool:
+    """Report ``path`` unless ``cond``; returns ``cond`` so dependent checks can be skipped."""
     if not cond:
-        _fail(path, value, expected)
+        _report(f"{path}: got {value!r}, expected {expected}")
+    return bool(cond)
+
+
+def _check_name(name: str, registry: Any, path: str) -> bool:
+    """A registry name, with a did-you-mean for near misses."""
+    if name in registry:
+        return True
+    valid = registry.names()
+    close = difflib.get_close_matches(str(name), valid, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    _report(f"{path}: got {name!r}, expected one of {valid}{hint}")
+    return False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,16 +117,11 @@ class DataConfig:
     def validate(self, path: str) -> None:
         from fedsec.data import DATASETS, PARTITIONERS
 
-        _check(self.dataset in DATASETS, f"{path}.dataset", self.dataset, f"one of {DATASETS.names()}")
+        _check_name(self.dataset, DATASETS, f"{path}.dataset")
         _check(self.num_clients >= 2, f"{path}.num_clients", self.num_clients, "an integer >= 2")
-        _check(
-            self.partitioner in PARTITIONERS,
-            f"{path}.partitioner",
-            self.partitioner,
-            f"one of {PARTITIONERS.names()}",
-        )
-        _check_kwargs(PARTITIONERS.get(self.partitioner), self.partitioner_params,
-                      f"{path}.partitioner_params", skip=3)
+        if _check_name(self.partitioner, PARTITIONERS, f"{path}.partitioner"):
+            _check_kwargs(PARTITIONERS.get(self.partitioner), self.partitioner_params,
+                          f"{path}.partitioner_params", skip=3)
         _check(self.alpha > 0, f"{path}.alpha", self.alpha, "a number > 0")
         _check(self.shards_per_client >= 1, f"{path}.shards_per_client", self.shards_per_client,
                "an integer >= 1")
@@ -86,9 +138,9 @@ class ModelConfig:
     def validate(self, path: str) -> None:
         from fedsec.models import MODELS
 
-        _check(self.name in MODELS, f"{path}.name", self.name, f"one of {MODELS.names()}")
-        _check_kwargs(MODELS.get(self.name), self.params, f"{path}.params",
-                      skip_names=("in_shape", "num_classes"))
+        if _check_name(self.name, MODELS, f"{path}.name"):
+            _check_kwargs(MODELS.get(self.name), self.params, f"{path}.params",
+                          skip_names=("in_shape", "num_classes"))
         if self.init:
             _check(Path(self.init).is_file(), f"{path}.init", self.init, "an existing .safetensors file")
 
@@ -112,6 +164,14 @@ class ClientConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ComponentConfig:
+    """A registry name and its parameters (a pre-aggregator)."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
 class ServerConfig:
     rounds: int = 10
     fraction_train: float = 1.0
@@ -119,6 +179,11 @@ class ServerConfig:
     aggregator_params: dict[str, Any] = field(default_factory=dict)
     server_lr: float = 1.0
     """eta: the aggregated update is added to the global model times this factor."""
+    pre_aggregators: list[ComponentConfig] = field(default_factory=list)
+    """Maps applied to the update matrix before the rule, in order (``nnm``, ``bucketing``, ``arc``)."""
+    root_size: int = 0
+    """Examples of the server's own clean root set (FLTrust), drawn from the test split and
+    then left out of evaluation; 0 = 100 when the rule needs a root set, else none."""
 
     def validate(self, path: str) -> None:
         from fedsec.strategies import AGGREGATORS
@@ -126,11 +191,30 @@ class ServerConfig:
         _check(self.rounds >= 1, f"{path}.rounds", self.rounds, "an integer >= 1")
         _check(0 < self.fraction_train <= 1, f"{path}.fraction_train", self.fraction_train,
                "a number in (0, 1]")
-        _check(self.aggregator in AGGREGATORS, f"{path}.aggregator", self.aggregator,
-               f"one of {AGGREGATORS.names()}")
         _check(self.server_lr > 0, f"{path}.server_lr", self.server_lr, "a number > 0")
-        _build(lambda: AGGREGATORS.get(self.aggregator)(**self.aggregator_params),
-               f"{path}.aggregator_params")
+        _check(self.root_size >= 0, f"{path}.root_size", self.root_size, "an integer >= 0")
+        if _check_name(self.aggregator, AGGREGATORS, f"{path}.aggregator"):
+            _build(lambda: AGGREGATORS.get(self.aggregator)(**self.aggregator_params),
+                   f"{path}.aggregator_params")
+        if self.pre_aggregators:
+            import fedsec.strategies as strategies
+
+            registry = getattr(strategies, "PRE_AGGREGATORS", None)
+            for i, p in enumerate(self.pre_aggregators):
+                where = f"{path}.pre_aggregators[{i}]"
+                if registry is None:
+                    _report(f"{where}: this fedsec has no pre-aggregators")
+                elif _check_name(p.name, registry, f"{where}.name"):
+                    _build(lambda p=p: registry.get(p.name)(**p.params), f"{where}.params")
+
+    def root_examples(self) -> int:
+        """Size of the server's root set: ``root_size``, or 100 for a rule that needs one."""
+        if self.root_size:
+            return self.root_size
+        from fedsec.strategies import AGGREGATORS
+
+        needs = getattr(AGGREGATORS.get(self.aggregator), "needs_reference", False)
+        return 100 if needs else 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -153,8 +237,7 @@ class AttackConfig:
     def validate(self, path: str, num_clients: int) -> None:
         from fedsec.clients import BEHAVIOURS
 
-        _check(self.behaviour in BEHAVIOURS, f"{path}.behaviour", self.behaviour,
-               f"one of {BEHAVIOURS.names()}")
+        known = _check_name(self.behaviour, BEHAVIOURS, f"{path}.behaviour")
         _check(len(self.partitions) > 0, f"{path}.partitions", self.partitions,
                "a non-empty list of partition ids")
         for j, p in enumerate(self.partitions):
@@ -166,7 +249,8 @@ class AttackConfig:
         _check(self.end_round == 0 or self.end_round >= self.start_round, f"{path}.end_round",
                self.end_round, "0 (no end) or >= start_round")
         _check(self.every >= 1, f"{path}.every", self.every, "an integer >= 1")
-        _build(lambda: BEHAVIOURS.get(self.behaviour).from_params(self.params), f"{path}.params")
+        if known:
+            _build(lambda: BEHAVIOURS.get(self.behaviour).from_params(self.params), f"{path}.params")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -177,8 +261,8 @@ class PluginConfig:
     def validate(self, path: str) -> None:
         from fedsec.plugins import PLUGINS
 
-        _check(self.name in PLUGINS, f"{path}.name", self.name, f"one of {PLUGINS.names()}")
-        _build(lambda: PLUGINS.get(self.name)(**self.params), f"{path}.params")
+        if _check_name(self.name, PLUGINS, f"{path}.name"):
+            _build(lambda: PLUGINS.get(self.name)(**self.params), f"{path}.params")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -195,11 +279,14 @@ class RunConfig:
     """Join an existing Ray cluster (else $RAY_ADDRESS, else start a local one)."""
     threads: int = 1
     """torch intra-op threads per client; 1 keeps results bitwise identical across engines."""
+    imports: list[str] = field(default_factory=list)
+    """Modules that register the user's own components (rules, behaviours, plugins, ...);
+    imported by every process that reads the scenario, before it is validated."""
 
     def validate(self, path: str) -> None:
-        from fedsec.federation.engines import ENGINES
+        from fedsec.federation import ENGINES
 
-        _check(self.engine in ENGINES, f"{path}.engine", self.engine, f"one of {ENGINES.names()}")
+        _check_name(self.engine, ENGINES, f"{path}.engine")
         _check(self.device == "cpu" or self.device.startswith("cuda"), f"{path}.device",
                self.device, "'cpu' or 'cuda[:i]'")
         _check(self.num_cpus > 0, f"{path}.num_cpus", self.num_cpus, "a number > 0")
@@ -222,6 +309,14 @@ class Scenario:
         self.validate()
 
     def validate(self) -> None:
+        with collecting_errors():
+            self._validate()
+
+    def _validate(self) -> None:
+        try:
+            import_components(self.run.imports)
+        except ImportError as e:
+            _report(str(e))
         _check(bool(self.name) and "/" not in self.name, "name", self.name, "a non-empty name without '/'")
         self.data.validate("data")
         self.model.validate("model")
@@ -232,7 +327,8 @@ class Scenario:
             a.validate(f"attack[{i}]", self.data.num_clients)
             for p in a.partitions:
                 if p in seen:
-                    _fail(f"attack[{i}].partitions", p, f"a partition not already given to attack[{seen[p]}]")
+                    _check(False, f"attack[{i}].partitions", p,
+                           f"a partition not already given to attack[{seen[p]}]")
                 seen[p] = i
         for i, p in enumerate(self.plugins):
             p.validate(f"plugins[{i}]")
@@ -252,7 +348,16 @@ class Scenario:
     # -- (de)serialisation ----------------------------------------------------------------
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Scenario:
-        return _from_dict(cls, raw, "")
+        with collecting_errors():
+            # The user's components must be registered before their names are checked.
+            imports = raw.get("run", {}).get("imports", []) if isinstance(raw, dict) else []
+            if isinstance(imports, list) and all(isinstance(m, str) for m in imports):
+                try:
+                    import_components(imports)
+                except ImportError as e:
+                    _report(str(e))
+            scenario = _from_dict(cls, raw, "")
+        return scenario
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -337,20 +442,26 @@ def _index(part: str, node: list, path: str) -> int:
 
 
 def _from_dict(cls: type, raw: Any, path: str) -> Any:
-    if not isinstance(raw, dict):
-        _fail(path or "scenario", raw, "a table")
+    _require(isinstance(raw, dict), path or "scenario", raw, "a table")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = [k for k in raw if k not in fields]
-    if unknown:
-        k = unknown[0]
-        close = difflib.get_close_matches(k, list(fields), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        where = f"{path}.{k}" if path else k
-        raise ScenarioError(f"{where}: unknown key{hint}; valid keys: {', '.join(fields)}")
+    for k in raw:
+        if k not in fields:
+            close = difflib.get_close_matches(k, list(fields), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            where = f"{path}.{k}" if path else k
+            _report(f"{where}: unknown key{hint}; valid keys: {', '.join(fields)}")
     kwargs = {}
     for k, v in raw.items():
-        kwargs[k] = _coerce(hints[k], v, f"{path}.{k}" if path else k)
+        if k not in fields:
+            continue
+        try:
+            kwargs[k] = _coerce(hints[k], v, f"{path}.{k}" if path else k)
+        except ScenarioError as e:  # reported; the field keeps its default so the rest is checked
+            for msg in e.errors:
+                _report(msg)
+            if fields[k].default is dataclasses.MISSING and fields[k].default_factory is dataclasses.MISSING:
+                raise ScenarioError.of(e.errors) from None
     missing = [
         n for n, f in fields.items()
         if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
@@ -366,26 +477,32 @@ def _from_dict(cls: type, raw: Any, path: str) -> Any:
         raise ScenarioError(f"{path or 'scenario'}: {e}") from None
 
 
+def _require(cond: bool, path: str, value: Any, expected: str) -> None:
+    # A value of the wrong type stops its field (nothing below it can be checked).
+    if not cond:
+        raise ScenarioError(f"{path}: got {value!r}, expected {expected}")
+
+
 def _coerce(tp: Any, v: Any, path: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         return _from_dict(tp, v, path)
     if origin is list:
         (item,) = typing.get_args(tp)
-        _check(isinstance(v, list), path, v, "a list")
+        _require(isinstance(v, list), path, v, "a list")
         return [_coerce(item, x, f"{path}[{i}]") for i, x in enumerate(v)]
     if origin is dict:
-        _check(isinstance(v, dict), path, v, "a table")
+        _require(isinstance(v, dict), path, v, "a table")
         return dict(v)
     if tp is bool:
-        _check(isinstance(v, bool), path, v, "true or false")
+        _require(isinstance(v, bool), path, v, "true or false")
     elif tp is int:
-        _check(isinstance(v, int) and not isinstance(v, bool), path, v, "an integer")
+        _require(isinstance(v, int) and not isinstance(v, bool), path, v, "an integer")
     elif tp is float:
-        _check(isinstance(v, (int, float)) and not isinstance(v, bool), path, v, "a number")
+        _require(isinstance(v, (int, float)) and not isinstance(v, bool), path, v, "a number")
         return float(v)
     elif tp is str:
-        _check(isinstance(v, str), path, v, "a string")
+        _require(isinstance(v, str), path, v, "a string")
     return v
 
 
@@ -399,17 +516,19 @@ def _check_kwargs(fn: Any, params: dict[str, Any], path: str, skip: int = 0,
         if k not in names:
             close = difflib.get_close_matches(k, names, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ScenarioError(f"{path}.{k}: unknown parameter{hint}; valid: {', '.join(names) or 'none'}")
+            _report(f"{path}.{k}: unknown parameter{hint}; valid: {', '.join(names) or 'none'}")
 
 
 def _build(make: Any, path: str) -> Any:
     try:
         return make()
-    except ScenarioError:
-        raise
+    except ScenarioError as e:
+        for msg in e.errors:
+            _report(msg)
     except (TypeError, ValueError, KeyError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        raise ScenarioError(f"{path}: {msg}") from None
+        _report(f"{path}: {msg}")
+    return None
 
 
 def _toml_value(v: Any) -> str:

@@ -18,6 +18,7 @@ from fedsec.data import TensorData
 
 BatchFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+GradFn = Callable[[], None]
 
 
 def _cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -38,12 +39,14 @@ def sgd_train(
     params: Iterable[nn.Parameter] | None = None,
     batch_fn: BatchFn | None = None,
     loss_fn: LossFn = _cross_entropy,
+    grad_fn: GradFn | None = None,
 ) -> float:
     """SGD over ``data`` for ``epochs`` (in place, model left in train mode).
 
     ``params``: the parameters to update (default all; e.g. only the last layer);
     ``batch_fn`` rewrites each (x, y) batch before it moves to ``device``;
-    ``loss_fn(model, x, y)`` is the objective (cross-entropy by default).
+    ``loss_fn(model, x, y)`` is the objective (cross-entropy by default);
+    ``grad_fn()`` runs between ``backward`` and the optimiser step (gradient edits).
     Returns the mean loss of the last epoch.
     """
     model.to(device).train()
@@ -63,6 +66,8 @@ def sgd_train(
             loss = loss_fn(model, x, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if grad_fn is not None:
+                grad_fn()
             opt.step()
             loss_sum += float(loss.detach()) * len(y)
             seen += len(y)

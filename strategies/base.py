@@ -15,6 +15,13 @@ the work common to all rules exactly once:
 ``U`` is never modified in place. Half precision inputs are computed in
 float32; float64 inputs are computed in float64; the returned vector is
 always float32 on ``U``'s device.
+
+Rules that need the server's own update (FLTrust's root-set update) set the
+class variable ``needs_reference = True``: their ``__call__`` then requires
+``reference``, a finite (d,) tensor (a clear ValueError otherwise), and hands
+it to ``aggregate(..., reference=...)`` on U's device and dtype. Every other
+rule accepts ``reference`` and ignores it, so a server (or a composition of
+pre-aggregators) may pass it to any rule; their ``aggregate`` never sees it.
 """
 
 from __future__ import annotations
@@ -80,6 +87,8 @@ class Aggregator:
     """
 
     name: ClassVar[str] = ""
+    #: True for rules whose ``aggregate`` takes ``reference`` (the server's own update).
+    needs_reference: ClassVar[bool] = False
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Aggregator:
         if args:
@@ -106,10 +115,14 @@ class Aggregator:
         weights: torch.Tensor | None = None,
         *,
         generator: torch.Generator | None = None,
+        reference: torch.Tensor | None = None,
     ) -> AggregationResult:
         X = _check_updates(type(self).__name__, U)
         n = X.shape[0]
         w = _check_weights(type(self).__name__, weights, n, X)
+        extra = {}
+        if self.needs_reference:
+            extra["reference"] = _check_reference(type(self).__name__, reference, X)
         finite = finite_rows(X)
         n_ok = int(finite.sum())
         if n_ok == 0:
@@ -123,7 +136,7 @@ class Aggregator:
             w = None if w is None else w.index_select(0, rows)
         if w is not None and not bool(w.sum() > 0):
             raise ValueError(f"{type(self).__name__}: the weights of the finite clients sum to 0")
-        res = self.aggregate(X, w, generator=generator, rows=rows)
+        res = self.aggregate(X, w, generator=generator, rows=rows, **extra)
         vector = res.vector.to(dtype=torch.float32, device=U.device)
         accepted = res.accepted.to(dtype=torch.bool, device=U.device)
         scores = None if res.scores is None else res.scores.to(dtype=torch.float32, device=U.device)
@@ -149,7 +162,9 @@ class Aggregator:
 
         ``rows`` gives the indices of these rows in the caller's full matrix
         (None when every row was finite); only stateful rules need it.
-        ``accepted``/``scores`` of the result are over the k rows.
+        ``accepted``/``scores`` of the result are over the k rows. Rules with
+        ``needs_reference = True`` also receive ``reference`` ((d,), finite,
+        on U's device and dtype) as a keyword.
         """
         raise NotImplementedError
 
@@ -178,6 +193,26 @@ def _check_weights(owner: str, weights: object, n: int, X: torch.Tensor) -> torc
     if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
         raise ValueError(f"{owner}: weights must be finite and >= 0, got {w.tolist()}")
     return w
+
+
+def _check_reference(owner: str, reference: object, X: torch.Tensor) -> torch.Tensor:
+    d = X.shape[1]
+    if reference is None:
+        raise ValueError(
+            f"{owner} needs reference: the server's own update on its root dataset, a ({d},) "
+            "tensor passed as rule(U, reference=g0); got None"
+        )
+    if not isinstance(reference, torch.Tensor):
+        raise TypeError(f"{owner}: reference must be a torch.Tensor of shape ({d},), "
+                        f"got {type(reference).__name__}")
+    if reference.shape != (d,):
+        raise ValueError(f"{owner}: reference must have shape ({d},) to match U, got {tuple(reference.shape)}")
+    if not reference.is_floating_point():
+        raise TypeError(f"{owner}: reference must be a floating tensor, got dtype {reference.dtype}")
+    r = reference.to(device=X.device, dtype=X.dtype)
+    if not bool(torch.isfinite(r).all()):
+        raise ValueError(f"{owner}: reference (the server's update) must be finite; it holds NaN/inf")
+    return r
 
 
 def finite_rows(X: torch.Tensor) -> torch.Tensor:

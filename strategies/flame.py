@@ -11,7 +11,13 @@ from dataclasses import dataclass
 
 import torch
 
-from fedsec.strategies._functional import clip_factors, coordinate_median, gaussian, max_abs, row_norms
+from fedsec.strategies._functional import (
+    clip_factors,
+    coordinate_median,
+    cosine_matrix,
+    gaussian,
+    row_norms,
+)
 from fedsec.strategies.base import (
     AggregationResult,
     Aggregator,
@@ -51,7 +57,7 @@ class Flame(Aggregator):
     def aggregate(self, U, weights, *, generator=None, rows=None) -> AggregationResult:
         n, d = U.shape
         norms = row_norms(U)
-        C = cosine_distances(U, norms)
+        C = cosine_distances(U)
         admitted = majority_cluster(C)
         s_t = float(coordinate_median(norms[:, None])[0])
         coef = clip_factors(norms, s_t) * admitted.to(torch.float64)
@@ -62,15 +68,21 @@ class Flame(Aggregator):
         return AggregationResult(vector=vector, accepted=admitted, scores=scores)
 
 
-def cosine_distances(U: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
-    """1 - cos(x_i, x_j) in float64 from one Gram matrix (zero rows: distance 1 to all)."""
-    scale = max_abs(U)
-    Us = U / scale if scale > 1e15 else U
-    G = (Us @ Us.T).to(torch.float64)
-    nrm = G.diagonal().clamp_min(0).sqrt()
-    denom = (nrm[:, None] * nrm[None, :])
-    cos = torch.where(denom > 0, G / denom.clamp_min(1e-300), torch.zeros_like(G)).clamp(-1, 1)
-    C = 1 - cos
+def cosine_distances(U: torch.Tensor) -> torch.Tensor:
+    """(n, n) float64 cosine distances 1 - cos(x_i, x_j), exactly symmetric with a zero
+    diagonal (zero rows: distance 1 to all others).
+
+    Exact symmetry matters: HDBSCAN(metric="precomputed") raises "The precomputed
+    distance matrix is expected to be symmetric" when C and C^T differ by more than
+    np.allclose's 1e-9 + 1e-7 |C|, which a float32 Gram matrix of near-parallel
+    d ~ 4e4 updates did (issue 19: ~5e-9 asymmetry, a federation died mid-run)."""
+    return distances_from_cosines(cosine_matrix(U))
+
+
+def distances_from_cosines(cos: torch.Tensor) -> torch.Tensor:
+    """1 - cos with the diagonal set to 0, symmetrised so the result is exactly symmetric
+    whatever ``cos`` is (a consumer-facing guarantee, not an assumption on the input)."""
+    C = 1 - (cos + cos.T) / 2
     C.fill_diagonal_(0)
     return C
 
@@ -84,6 +96,7 @@ def majority_cluster(C: torch.Tensor) -> torch.Tensor:
     # implementation, and it only sees the small n x n distance matrix.
     from sklearn.cluster import HDBSCAN
 
+    C = (C + C.T) / 2  # whatever the caller built, HDBSCAN gets an exactly symmetric matrix
     labels = HDBSCAN(
         min_cluster_size=n // 2 + 1, min_samples=1, metric="precomputed", allow_single_cluster=True,
         copy=True,

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fedsec.strategies._functional import max_abs
+from fedsec.strategies._functional import cosine_matrix
 from fedsec.strategies.base import (
     AggregationResult,
     Aggregator,
@@ -26,11 +26,19 @@ class FoolsGold(Aggregator):
     """Per-client weights alpha_i from the pairwise cosine similarities cs_ij of
     the clients' (historical) updates (Algorithm 1 of the paper):
 
-        v_i = max_{j != i} cs_ij
-        pardoning: cs_ij <- cs_ij * v_i / v_j  when v_j > v_i (and v_j > 0)
-        alpha_i = 1 - max_{j != i} cs_ij, clipped to [0, 1], divided by max_j alpha_j
+        cs <- cs - I   (the authors' code: the diagonal becomes 0, so every
+                        row maximum below is >= 0)
+        v_i = max_j cs_ij                       (>= 0)
+        pardoning: cs_ij <- cs_ij * v_i / v_j  for j != i with v_i < v_j
+        alpha_i = 1 - max_j cs_ij, clipped to [0, 1], divided by max_j alpha_j
         alpha_i = 0.99 where alpha_i = 1
         alpha_i = kappa (ln(alpha_i / (1 - alpha_i)) + 0.5), clipped to [0, 1]
+
+    This matches the authors' reference (DistributedML/FoolsGold,
+    deep-fg/fg/foolsgold.py). A client whose best similarity to the others is
+    negative is unlike everyone, so by FoolsGold's logic not a sybil: v_i = 0,
+    its row is pardoned to 0 and it gets alpha = 1 (before issue 19 its
+    negative v_i flipped the sign of the pardoned similarities and gave it 0).
 
     and the output is sum_i alpha_i x_i / sum_i alpha_i (the paper scales each
     client's learning rate by alpha_i; here the alphas are normalised so the
@@ -95,33 +103,39 @@ class FoolsGold(Aggregator):
 
 
 def cosine_similarities(X: torch.Tensor) -> torch.Tensor:
-    """(n, n) float64 cosine similarities (0 for zero rows)."""
-    scale = max_abs(X)
-    Xs = X / scale if scale > 1e15 else X
-    G = (Xs @ Xs.T).to(torch.float64)
-    nrm = G.diagonal().clamp_min(0).sqrt()
-    denom = nrm[:, None] * nrm[None, :]
-    return torch.where(denom > 0, G / denom.clamp_min(1e-300), torch.zeros_like(G)).clamp(-1, 1)
+    """(n, n) float64 cosine similarities, exactly symmetric (0 for zero rows, also
+    on the diagonal, as sklearn's cosine_similarity)."""
+    return cosine_matrix(X)
 
 
 def foolsgold_weights(cs: torch.Tensor, kappa: float) -> torch.Tensor:
-    """FoolsGold's alpha (float64, in [0, 1]) from the cosine-similarity matrix."""
+    """FoolsGold's alpha (float64, in [0, 1]) from the cosine-similarity matrix ``cs``
+    (the authors' foolsgold(): similarity minus identity, pardoning, logit)."""
     n = cs.shape[0]
-    if n == 1:
-        return torch.ones(1, dtype=cs.dtype, device=cs.device)
-    eye = torch.eye(n, dtype=torch.bool, device=cs.device)
-    cs = cs.masked_fill(eye, float("-inf"))
+    cs = cs - torch.eye(n, dtype=cs.dtype, device=cs.device)
     v = cs.amax(dim=1)
-    pardon = (v[None, :] > v[:, None]) & (v[None, :] > 0)
-    ratio = torch.where(pardon, v[:, None] / v[None, :].clamp_min(1e-300), torch.ones_like(cs))
-    cs = torch.where(eye, cs, cs * ratio)
-    alpha = (1 - cs.amax(dim=1)).clamp(0, 1)
+    pardon = pardoning_factors(v)
+    alpha = (1 - (cs * pardon).amax(dim=1)).clamp(0, 1)
+    return logit_weights(alpha, kappa)
+
+
+def pardoning_factors(v: torch.Tensor) -> torch.Tensor:
+    """(n, n): v_i / v_j where v_i < v_j (then v_j > v_i >= 0), else 1 (diagonal included)."""
+    lower = v[:, None] < v[None, :]
+    return torch.where(lower, v[:, None] / v[None, :].clamp_min(1e-300), torch.ones(
+        (v.shape[0], v.shape[0]), dtype=v.dtype, device=v.device))
+
+
+def logit_weights(alpha: torch.Tensor, kappa: float) -> torch.Tensor:
+    """Rescale so max alpha = 1, cap at 0.99, kappa (logit + 0.5) clipped to [0, 1].
+    All-zero alphas (everyone a sybil of everyone) give all-zero weights (the
+    reference would divide by zero)."""
     top = alpha.max()
     if not bool(top > 0):
         return torch.zeros_like(alpha)
     alpha = alpha / top
     alpha = torch.where(alpha >= 1, torch.full_like(alpha, 0.99), alpha)
-    with torch.no_grad():
-        logit = kappa * (torch.log(alpha / (1 - alpha)) + 0.5)
+    logit = kappa * (torch.log(alpha / (1 - alpha)) + 0.5)
+    # log(0) = -inf -> weight 0, as the reference's final clipping
     logit = torch.nan_to_num(logit, nan=0.0, posinf=1.0, neginf=0.0)
     return logit.clamp(0, 1)

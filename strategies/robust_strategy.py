@@ -23,7 +23,10 @@ Policies:
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from logging import WARNING
 from typing import Any
 
@@ -36,6 +39,36 @@ from flwr.supercore import log
 from fedsec.strategies.base import Aggregator, finite_rows
 
 Adversary = Callable[[int, torch.Tensor, list[int], torch.Generator], torch.Tensor]
+Reference = Callable[[int, dict[str, torch.Tensor]], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class AggregationReport:
+    """What one ``aggregate_train`` call decided (partition ids throughout).
+
+    ``failed``: (partition, reason) of replies that were errors or malformed;
+    ``nonfinite``: replies whose update held NaN/inf (never aggregated);
+    ``scores``: the rule's per-client suspicion, or None; ``train_loss`` and
+    ``num_examples``: what each received client reported; ``bytes_received``:
+    size of the received arrays; ``seconds``: time to parse, form U and aggregate.
+    """
+
+    round: int
+    sampled: tuple[int, ...]
+    failed: tuple[tuple[int, str], ...] = ()
+    accepted: tuple[int, ...] = ()
+    nonfinite: tuple[int, ...] = ()
+    scores: dict[int, float] | None = None
+    train_loss: dict[int, float] = field(default_factory=dict)
+    num_examples: dict[int, float] = field(default_factory=dict)
+    bytes_received: int = 0
+    seconds: float = 0.0
+    aggregated: bool = False
+
+    @property
+    def received(self) -> tuple[int, ...]:
+        bad = {p for p, _ in self.failed}
+        return tuple(p for p in self.sampled if p not in bad)
 
 
 class RobustStrategy(FedAvg):
@@ -51,7 +84,12 @@ class RobustStrategy(FedAvg):
     adversary : ``(round, U, partition_ids, generator) -> U`` run before the rule.
     post_aggregate : ``(round, state_dict) -> state_dict`` run on the new global
         model (server plugins).
+    reference : ``(round, global_state) -> (d,) update`` the server's own update on
+        its root set, for rules with ``needs_reference`` (FLTrust).
     device : where U is formed and the rule runs.
+
+    After each ``aggregate_train`` the frozen :class:`AggregationReport` of that
+    round is ``last_report``.
     """
 
     def __init__(
@@ -64,21 +102,34 @@ class RobustStrategy(FedAvg):
         partition_of: dict[int, int] | None = None,
         adversary: Adversary | None = None,
         post_aggregate: Callable[[int, dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
+        reference: Reference | None = None,
         device: str | torch.device = "cpu",
         **fedavg_kwargs: Any,
     ) -> None:
         fedavg_kwargs.setdefault("fraction_evaluate", 0.0)
-        super().__init__(fraction_train=fraction_train, **fedavg_kwargs)
+        # FedAvg warns that fraction_evaluate = 0 skips federated evaluation: that is the
+        # intent here (the server evaluates centrally), so the warning is only noise.
+        flwr_logger = logging.getLogger("flwr")
+        quiet = _DropMessage("fraction_evaluate is set to 0.0")
+        flwr_logger.addFilter(quiet)
+        try:
+            super().__init__(fraction_train=fraction_train, **fedavg_kwargs)
+        finally:
+            flwr_logger.removeFilter(quiet)
         self.aggregator = aggregator
         self.server_lr = float(server_lr)
         self.seed = int(seed)
         self.partition_of = dict(partition_of) if partition_of else None
         self.adversary = adversary
         self.post_aggregate = post_aggregate
+        self.reference = reference
+        if getattr(aggregator, "needs_reference", False) and reference is None:
+            raise ValueError(f"rule {type(aggregator).__name__} needs the server's reference update: "
+                             "pass reference=(round, global_state) -> update")
         self.device = torch.device(device)
         self._sent: dict[str, torch.Tensor] | None = None
         self._sampled: list[int] = []
-        self.last_round: dict[str, Any] = {}
+        self.last_report: AggregationReport | None = None
 
     # -- sampling ------------------------------------------------------------------------
     def sample_partitions(self, server_round: int) -> list[int]:
@@ -113,24 +164,35 @@ class RobustStrategy(FedAvg):
         from fedsec.seeding import generator
 
         assert self._sent is not None, "configure_train must run before aggregate_train"
+        t0 = time.perf_counter()
         replies = list(replies)
-        failed: list[dict[str, Any]] = []
+        failed: list[tuple[int, str]] = []
+        nbytes = 0
         good: list[tuple[int, dict[str, torch.Tensor], float, dict[str, float]]] = []
         for msg in replies:
             pid = self._pid_of(msg)
             if msg.has_error():
-                failed.append({"partition": pid, "reason": f"client error: {msg.error.reason}"})
+                failed.append((pid, f"client error: {msg.error.reason}"))
                 continue
             reason, parsed = self._parse(msg)
             if reason:
                 log(WARNING, "round %s: rejected reply of partition %s: %s", server_round, pid, reason)
-                failed.append({"partition": pid, "reason": reason})
+                failed.append((pid, reason))
                 continue
+            nbytes += sum(v.numel() * v.element_size() for v in parsed[0].values())
             good.append((pid, *parsed))
         good.sort(key=lambda t: t[0])
-        self.last_round = {"sampled": list(self._sampled) or [g[0] for g in good], "failed": failed}
+        failed.sort(key=lambda t: t[0])
+        base = dict(
+            round=server_round,
+            sampled=tuple(self._sampled) or tuple(sorted([g[0] for g in good] + [f[0] for f in failed])),
+            failed=tuple(failed),
+            train_loss={g[0]: float(g[3].get("train_loss", float("nan"))) for g in good},
+            num_examples={g[0]: g[2] for g in good},
+            bytes_received=nbytes,
+        )
         if not good:
-            self.last_round.update(accepted=[], nonfinite=[])
+            self.last_report = AggregationReport(**base, seconds=time.perf_counter() - t0)
             return None, None
 
         pids = [g[0] for g in good]
@@ -146,10 +208,14 @@ class RobustStrategy(FedAvg):
             # Nothing usable arrived: the global model stays as it was (Flower keeps the
             # previous arrays when aggregate_train returns None) and the round is recorded.
             log(WARNING, "round %s: every update is non-finite; global model unchanged", server_round)
-            self.last_round.update(accepted=[], nonfinite=nonfinite, scores=None)
+            self.last_report = AggregationReport(**base, nonfinite=tuple(nonfinite),
+                                                 seconds=time.perf_counter() - t0)
             return None, None
         weights = torch.tensor([g[2] for g in good], dtype=torch.float32, device=self.device)
-        out = self.aggregator(U, weights=weights, generator=gen)
+        extra: dict[str, Any] = {}
+        if self.reference is not None and getattr(self.aggregator, "needs_reference", False):
+            extra["reference"] = self.reference(server_round, self._sent).to(self.device, torch.float32)
+        out = self.aggregator(U, weights=weights, generator=gen, **extra)
         accepted_mask = out.accepted.cpu().tolist()
         accepted = [p for p, a in zip(pids, accepted_mask) if a]
         new_flat = g_flat + self.server_lr * out.vector.to(torch.float32)
@@ -164,10 +230,13 @@ class RobustStrategy(FedAvg):
         if self.post_aggregate is not None:
             new_state = self.post_aggregate(server_round, new_state)
         scores = out.scores.cpu().tolist() if out.scores is not None else None
-        self.last_round.update(
-            accepted=accepted,
-            nonfinite=nonfinite,
+        self.last_report = AggregationReport(
+            **base,
+            accepted=tuple(accepted),
+            nonfinite=tuple(nonfinite),
             scores=dict(zip(pids, scores)) if scores is not None else None,
+            seconds=time.perf_counter() - t0,
+            aggregated=True,
         )
         n_ex = sum(g[2] for g in good)
         loss = sum(g[3].get("train_loss", 0.0) * g[2] for g in good) / max(n_ex, 1.0)
@@ -205,6 +274,15 @@ class RobustStrategy(FedAvg):
         if not (w > 0 and w == w and w != float("inf")):
             return f"{self.weighted_by_key} must be a positive finite number, got {w}", None
         return None, (state, w, dict(metrics[0]))
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
 
 
 def _flatten(state: dict[str, torch.Tensor], keys: list[str], device: torch.device) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -25,7 +26,7 @@ def is_num(v: Any) -> bool:
 
 
 def coerce_trigger(params: Any, name: str = "trigger") -> None:
-    """Turn a TOML table in a frozen Params field into a :class:`Trigger` in place."""
+    """Turn a TOML table in a frozen behaviour's field into a :class:`Trigger` (in ``__post_init__``)."""
     object.__setattr__(params, name, Trigger.from_spec(getattr(params, name), name))
 
 
@@ -47,7 +48,7 @@ def float_keys(model: nn.Module, include_buffers: bool) -> list[str]:
 
 
 @torch.no_grad()
-def rewrite_update(model: nn.Module, global_state: dict[str, torch.Tensor], fn,
+def rewrite_update(model: nn.Module, global_state: Mapping[str, torch.Tensor], fn,
                    include_buffers: bool = False) -> None:
     """Set every selected entry X of ``model`` to ``G + fn(X - G, key)`` in place."""
     state = model.state_dict()
@@ -57,7 +58,7 @@ def rewrite_update(model: nn.Module, global_state: dict[str, torch.Tensor], fn,
 
 
 @torch.no_grad()
-def update_norm(model: nn.Module, global_state: dict[str, torch.Tensor], include_buffers: bool) -> float:
+def update_norm(model: nn.Module, global_state: Mapping[str, torch.Tensor], include_buffers: bool) -> float:
     state = model.state_dict()
     sq = sum(float(((state[k] - global_state[k].to(state[k].device)) ** 2).sum())
              for k in float_keys(model, include_buffers))

@@ -17,18 +17,72 @@ name ``"badnets"``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
 from fedsec.clients.attacks._common import check, check_fraction, check_target, coerce_trigger, is_int, poison_rows
-from fedsec.clients.base import Behaviour, ClientContext, register_behaviour
+from fedsec.clients.base import Behaviour, ClientTask, register_behaviour
 from fedsec.data import TensorData
 from fedsec.data.triggers import Trigger
 from fedsec.metrics import EvalTrigger
 
 
 @dataclass(frozen=True, kw_only=True)
-class BadNetsParams:
+class TriggerBackdoor(Behaviour):
+    """Shared machinery of trigger backdoors: relabelling, stamping, the eval trigger.
+
+    Subclasses have the fields ``target``, ``poison_fraction`` and ``trigger``
+    (and optionally ``per``, ``all_to_all``, ``num_classes``). Poisoning per
+    dataset happens in ``prepare`` (replacing ``task.data``), per batch in
+    ``poison_batch``; both draw from ``task.generator``.
+    """
+
+    eval_name: ClassVar[str] = "backdoor"
+
+    def relabel_fn(self, num_classes: int):
+        if getattr(self, "all_to_all", False):
+            return lambda y: (y + 1) % num_classes
+        target = self.target
+        return lambda y: torch.full_like(y, target)
+
+    def check_classes(self, task: ClientTask) -> None:
+        check(self.target < task.num_classes, "target", self.target, f"a class index < {task.num_classes}")
+        if getattr(self, "all_to_all", False):
+            check(self.num_classes == task.num_classes, "num_classes", self.num_classes,
+                  f"the dataset's {task.num_classes} classes")
+
+    def local_trigger(self, task: ClientTask) -> Trigger:
+        return self.trigger
+
+    def prepare(self, task: ClientTask) -> None:
+        self.check_classes(task)
+        if getattr(self, "per", "batch") != "dataset":
+            return
+        x, y = poison_rows(task.data.x, task.data.y, self.poison_fraction, self.local_trigger(task),
+                           self.relabel_fn(task.num_classes), task.generator)
+        task.data = TensorData(x, y)
+
+    def poison_batch(self, x: torch.Tensor, y: torch.Tensor, task: ClientTask):
+        if getattr(self, "per", "batch") != "batch":
+            return x, y
+        return poison_rows(x, y, self.poison_fraction, self.local_trigger(task),
+                           self.relabel_fn(task.num_classes), task.generator)
+
+    def eval_triggers(self, coalition: tuple[int, ...]) -> dict[str, EvalTrigger]:
+        if getattr(self, "all_to_all", False):
+            c = self.num_classes
+            return {self.eval_name: EvalTrigger(self.trigger.apply, target_fn=lambda y: (y + 1) % c)}
+        return {self.eval_name: EvalTrigger(self.trigger.apply, target=self.target)}
+
+
+@register_behaviour("badnets")
+@dataclass(frozen=True, kw_only=True)
+class BadNets(TriggerBackdoor):
+    """BadNets (Gu et al. 2017): stamp a trigger on a fraction of samples, relabel them."""
+
+    eval_name: ClassVar[str] = "badnets"
+
     target: int = 0
     """t: the attacker's class (all-to-one)."""
     poison_fraction: float = 0.3
@@ -49,54 +103,3 @@ class BadNetsParams:
         check(is_int(self.num_classes) and self.num_classes >= 2, "num_classes",
               self.num_classes, "an integer >= 2")
         coerce_trigger(self)
-
-
-class TriggerBackdoor(Behaviour):
-    """Shared machinery of trigger backdoors: relabelling, stamping, the eval trigger."""
-
-    eval_name = "backdoor"
-
-    def relabel_fn(self, num_classes: int):
-        p = self.params
-        if getattr(p, "all_to_all", False):
-            return lambda y: (y + 1) % num_classes
-        return lambda y: torch.full_like(y, p.target)
-
-    def check_classes(self, ctx: ClientContext) -> None:
-        p = self.params
-        check(p.target < ctx.num_classes, "target", p.target, f"a class index < {ctx.num_classes}")
-        if getattr(p, "all_to_all", False):
-            check(p.num_classes == ctx.num_classes, "num_classes", p.num_classes,
-                  f"the dataset's {ctx.num_classes} classes")
-
-    def local_trigger(self, ctx: ClientContext) -> Trigger:
-        return self.params.trigger
-
-    def poison_data(self, data: TensorData, ctx: ClientContext) -> TensorData:
-        self.check_classes(ctx)
-        if getattr(self.params, "per", "batch") != "dataset":
-            return data
-        x, y = poison_rows(data.x, data.y, self.params.poison_fraction, self.local_trigger(ctx),
-                           self.relabel_fn(ctx.num_classes), ctx.generator)
-        return TensorData(x, y)
-
-    def poison_batch(self, x: torch.Tensor, y: torch.Tensor, ctx: ClientContext):
-        if getattr(self.params, "per", "batch") != "batch":
-            return x, y
-        return poison_rows(x, y, self.params.poison_fraction, self.local_trigger(ctx),
-                           self.relabel_fn(ctx.num_classes), ctx.generator)
-
-    def eval_triggers(self, coalition: tuple[int, ...]) -> dict[str, EvalTrigger]:
-        p = self.params
-        if getattr(p, "all_to_all", False):
-            c = p.num_classes
-            return {self.eval_name: EvalTrigger(p.trigger.apply, target_fn=lambda y: (y + 1) % c)}
-        return {self.eval_name: EvalTrigger(p.trigger.apply, target=p.target)}
-
-
-@register_behaviour("badnets")
-class BadNets(TriggerBackdoor):
-    """BadNets (Gu et al. 2017): stamp a trigger on a fraction of samples, relabel them."""
-
-    Params = BadNetsParams
-    eval_name = "badnets"

@@ -26,7 +26,8 @@ int8 weights before and after.
 The attack runs after honest local training (``train_first = true``) or on
 the received global model itself (``train_first = false``: the trained
 weights are discarded and the global model is attacked). The attacker batch
-is drawn with ``ctx.generator`` from the client's own data.
+is drawn with ``task.generator`` from the data the client trained on
+(``task.data`` in ``finalize``).
 
 ``bitflip_random``: random faults (the hardware model of Rowhammer-style
 errors): ``flips`` random bits in the float32 parameters, by default among
@@ -43,8 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedsec.clients.attacks._common import check, check_target, coerce_trigger, is_int, is_num
-from fedsec.clients.base import Behaviour, ClientContext, register_behaviour
-from fedsec.data import TensorData
+from fedsec.clients.base import Behaviour, ClientTask, register_behaviour
 from fedsec.data.triggers import Trigger
 from fedsec.metrics import EvalTrigger
 
@@ -77,8 +77,11 @@ def attacked_layers(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return [(n, p) for n, p in model.named_parameters() if n.endswith("weight") and p.ndim >= 2]
 
 
+@register_behaviour("bitflip")
 @dataclass(frozen=True, kw_only=True)
-class BitFlipParams:
+class BitFlip(Behaviour):
+    """Progressive bit search on int8-quantised weights (Rakin et al. 2019 / TBT 2020)."""
+
     mode: str = "untargeted"
     """'untargeted' (BFA) or 'targeted' (TBT-style: triggered inputs -> target)."""
     target: int = 0
@@ -107,43 +110,32 @@ class BitFlipParams:
         check(isinstance(self.train_first, bool), "train_first", self.train_first, "true or false")
         coerce_trigger(self)
 
-
-@register_behaviour("bitflip")
-class BitFlip(Behaviour):
-    """Progressive bit search on int8-quantised weights (Rakin et al. 2019 / TBT 2020)."""
-
-    Params = BitFlipParams
-
-    def poison_data(self, data: TensorData, ctx: ClientContext) -> TensorData:
-        self._data = data  # the attacker batch is drawn from it after training
-        return data
-
     def _objective(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
         """(J to maximise, goal metric: accuracy (untargeted) / ASR (targeted))."""
-        p = self.params
-        if p.mode == "untargeted":
+        if self.mode == "untargeted":
             out = model(x)
             return F.cross_entropy(out, y), float((out.argmax(1) == y).float().mean())
-        xt = p.trigger.apply(x)
-        yt = torch.full_like(y, p.target)
+        xt = self.trigger.apply(x)
+        yt = torch.full_like(y, self.target)
         out = model(xt)
         return -F.cross_entropy(out, yt), float((out.argmax(1) == yt).float().mean())
 
-    def after_train(self, model: nn.Module, ctx: ClientContext) -> dict[str, float]:
-        p = self.params
-        if not p.train_first:
-            model.load_state_dict(ctx.global_state)
-        data = getattr(self, "_data", None)
-        if data is None or len(data) == 0:
-            return {"flipped_bits": 0.0}
-        idx = torch.randperm(len(data), generator=ctx.generator)[: p.attack_batch]
-        x, y = data.x[idx].to(ctx.device), data.y[idx].to(ctx.device)
-        if p.mode == "untargeted":
-            goal_reached = lambda m: m <= (p.stop_accuracy or 1.1 / ctx.num_classes)  # noqa: E731
+    def finalize(self, task: ClientTask) -> None:
+        model = task.model
+        if not self.train_first:
+            model.load_state_dict(task.global_state)
+        data = task.data  # the attacker batch comes from the data the client trained on
+        if len(data) == 0:
+            task.metrics["flipped_bits"] = 0.0
+            return
+        idx = torch.randperm(len(data), generator=task.generator)[: self.attack_batch]
+        x, y = data.x[idx].to(task.device), data.y[idx].to(task.device)
+        if self.mode == "untargeted":
+            goal_reached = lambda m: m <= (self.stop_accuracy or 1.1 / task.num_classes)  # noqa: E731
         else:
-            keep = y != p.target
+            keep = y != self.target
             x, y = (x[keep], y[keep]) if bool(keep.any()) else (x, y)
-            goal_reached = lambda m: m >= p.stop_asr  # noqa: E731
+            goal_reached = lambda m: m >= self.stop_asr  # noqa: E731
 
         was_training = model.training
         model.eval()
@@ -161,7 +153,7 @@ class BitFlip(Behaviour):
             qs[li].view(-1)[flat] = new
             layers[li][1].data.view(-1)[flat] = new * scales[li]
 
-        for _ in range(p.max_flips):
+        for _ in range(self.max_flips):
             model.zero_grad(set_to_none=True)
             J, metric = self._objective(model, x, y)
             if goal_reached(metric):
@@ -174,7 +166,7 @@ class BitFlip(Behaviour):
                 deltas = flip_deltas(q)  # (numel, 8)
                 gain = w.grad.detach().flatten().unsqueeze(1) * deltas.to(w.dtype) * scales[li]
                 gain = gain.masked_fill(used[li], float("-inf"))
-                k = min(p.top_k, gain.numel())
+                k = min(self.top_k, gain.numel())
                 cand = torch.topk(gain.flatten(), k).indices
                 for c in cand.tolist():
                     flat, bit = divmod(c, 8)
@@ -199,17 +191,20 @@ class BitFlip(Behaviour):
             _, metric = self._objective(model, x, y)
         model.train(was_training)
         flipped = sum(hamming_int8(a, b) for a, b in zip(q0, qs))
-        key = "attack_accuracy" if p.mode == "untargeted" else "attack_asr"
-        return {"flipped_bits": float(flipped), key: metric}
+        task.metrics["flipped_bits"] = float(flipped)
+        task.metrics["attack_accuracy" if self.mode == "untargeted" else "attack_asr"] = metric
 
     def eval_triggers(self, coalition: tuple[int, ...]) -> dict[str, EvalTrigger]:
-        if self.params.mode != "targeted":
+        if self.mode != "targeted":
             return {}
-        return {"bitflip": EvalTrigger(self.params.trigger.apply, target=self.params.target)}
+        return {"bitflip": EvalTrigger(self.trigger.apply, target=self.target)}
 
 
+@register_behaviour("bitflip_random")
 @dataclass(frozen=True, kw_only=True)
-class RandomBitFlipParams:
+class RandomBitFlip(Behaviour):
+    """Random bit faults in float32 weights after honest training (hardware-fault model)."""
+
     flips: int = 10
     """Number of random bit flips in the float32 parameters."""
     exponent_only: bool = True
@@ -219,28 +214,22 @@ class RandomBitFlipParams:
         check(is_int(self.flips) and self.flips >= 0, "flips", self.flips, "an integer >= 0")
         check(isinstance(self.exponent_only, bool), "exponent_only", self.exponent_only, "true or false")
 
-
-@register_behaviour("bitflip_random")
-class RandomBitFlip(Behaviour):
-    """Random bit faults in float32 weights after honest training (hardware-fault model)."""
-
-    Params = RandomBitFlipParams
-
     @torch.no_grad()
-    def after_train(self, model: nn.Module, ctx: ClientContext) -> dict[str, float]:
-        params = [q for q in model.parameters() if q.dtype == torch.float32]
+    def finalize(self, task: ClientTask) -> None:
+        params = [q for q in task.model.parameters() if q.dtype == torch.float32]
         sizes = torch.tensor([q.numel() for q in params])
         total = int(sizes.sum())
-        if total == 0 or self.params.flips == 0:
-            return {"flipped_bits": 0.0}
+        if total == 0 or self.flips == 0:
+            task.metrics["flipped_bits"] = 0.0
+            return
         offsets = torch.cumsum(sizes, 0) - sizes
-        pos = torch.randperm(total, generator=ctx.generator)[: self.params.flips]
-        lo, span = (23, 8) if self.params.exponent_only else (0, 32)
-        bits = lo + torch.randint(span, (len(pos),), generator=ctx.generator)
+        pos = torch.randperm(total, generator=task.generator)[: self.flips]
+        lo, span = (23, 8) if self.exponent_only else (0, 32)
+        bits = lo + torch.randint(span, (len(pos),), generator=task.generator)
         for flat, bit in zip(pos.tolist(), bits.tolist()):
             li = int(torch.searchsorted(offsets, torch.tensor(flat), right=True)) - 1
             view = params[li].data.view(-1).view(torch.int32)
             i = flat - int(offsets[li])
             mask = torch.tensor(1 << bit if bit < 31 else -(1 << 31), dtype=torch.int32)
             view[i] = view[i] ^ mask.to(view.device)
-        return {"flipped_bits": float(len(pos))}
+        task.metrics["flipped_bits"] = float(len(pos))

@@ -4,7 +4,7 @@ Xie, Huang, Chen, Li. "DBA: Distributed Backdoor Attacks against Federated
 Learning." ICLR 2020, OpenReview rkgyS0VFvr (no arXiv version).
 
 A global trigger is decomposed into as many local patterns as there are
-colluding attackers (``len(ctx.coalition)``, never a fixed 4); the attacker at
+colluding attackers (``len(task.coalition)``, never a fixed 4); the attacker at
 position ``i = coalition.index(partition_id)`` poisons a fraction ``p``
 (``poison_fraction``) of every batch with local pattern ``i`` and relabels it
 to ``t`` (``target``). After local training it may scale its update by the
@@ -16,15 +16,21 @@ which none of the attackers ever trained on.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from fedsec.clients.attacks._common import check, check_fraction, check_target, coerce_trigger, is_num, rewrite_update
 from fedsec.clients.attacks.badnets import TriggerBackdoor
-from fedsec.clients.base import ClientContext, register_behaviour
+from fedsec.clients.base import ClientTask, register_behaviour
 from fedsec.data.triggers import Trigger
 
 
+@register_behaviour("dba")
 @dataclass(frozen=True, kw_only=True)
-class DBAParams:
+class DBA(TriggerBackdoor):
+    """DBA (Xie et al. 2020): each colluder trains on its own piece of the global trigger."""
+
+    eval_name: ClassVar[str] = "dba"
+
     target: int = 0
     """t: the attacker's class."""
     poison_fraction: float = 0.3
@@ -42,22 +48,20 @@ class DBAParams:
         check(is_num(self.scale) and self.scale > 0, "scale", self.scale, "a number > 0")
         coerce_trigger(self)
 
+    @classmethod
+    def vectorizable(cls) -> bool:
+        # Training is plain SGD on poisoned batches; finalize only rescales each client's
+        # trained update (G + gamma (X - G)) afterwards, which a batched engine applies per
+        # client like any finalize.
+        return True
 
-@register_behaviour("dba")
-class DBA(TriggerBackdoor):
-    """DBA (Xie et al. 2020): each colluder trains on its own piece of the global trigger."""
+    def local_trigger(self, task: ClientTask):
+        if task.partition_id not in task.coalition:
+            raise ValueError(f"dba: partition {task.partition_id} is not in its coalition {task.coalition}")
+        pieces = self.trigger.split(len(task.coalition))
+        return pieces[task.coalition.index(task.partition_id)]
 
-    Params = DBAParams
-    eval_name = "dba"
-
-    def local_trigger(self, ctx: ClientContext):
-        if ctx.partition_id not in ctx.coalition:
-            raise ValueError(f"dba: partition {ctx.partition_id} is not in its coalition {ctx.coalition}")
-        pieces = self.params.trigger.split(len(ctx.coalition))
-        return pieces[ctx.coalition.index(ctx.partition_id)]
-
-    def after_train(self, model, ctx: ClientContext) -> dict[str, float]:
-        gamma = float(self.params.scale)
+    def finalize(self, task: ClientTask) -> None:
+        gamma = float(self.scale)
         if gamma != 1.0:
-            rewrite_update(model, ctx.global_state, lambda d, k: gamma * d, include_buffers=True)
-        return {}
+            rewrite_update(task.model, task.global_state, lambda d, k: gamma * d, include_buffers=True)

@@ -28,10 +28,14 @@ attacker knows the instance it attacks). The evaluation trigger
 ``l_b``: its "ASR" is 1.0 exactly when ``t`` is classified as the base class,
 0.0 otherwise.
 
-Crafting needs the received model, which ``poison_data`` does not see: the
-poisons are crafted at the first ``loss`` call (weights still equal the
-global model then) and written into the behaviour's own copy of the dataset,
-so every batch after the first trains on them.
+``prepare`` draws the bases (from ``task.generator``) and gives the task its
+own copy of the data. The poisons are crafted at the first ``loss`` call, when
+the weights still equal the received global model, and written into that
+copy, so every batch after the first trains on them (the first batch was
+gathered before crafting; crafting in ``prepare`` would change which batch
+first sees them and so every result recorded so far). The poison indices,
+the crafted poisons and the pending flag live in ``task.state``; ``finalize``
+reports ``poisons`` and ``feature_distance`` (mean ||f(p) - f(t)||).
 """
 
 from __future__ import annotations
@@ -41,13 +45,16 @@ from dataclasses import dataclass
 import torch
 
 from fedsec.clients.attacks._common import check, is_int, is_num, penultimate
-from fedsec.clients.base import Behaviour, ClientContext, register_behaviour
+from fedsec.clients.base import Behaviour, ClientTask, register_behaviour
 from fedsec.data import TensorData, load_dataset
 from fedsec.metrics import EvalTrigger
 
 
+@register_behaviour("feature_collision")
 @dataclass(frozen=True, kw_only=True)
-class FeatureCollisionParams:
+class FeatureCollision(Behaviour):
+    """Clean-label poisons colliding with a target instance in feature space (Shafahi et al. 2018)."""
+
     dataset: str = "digits"
     root: str = "data"
     target_index: int = 0
@@ -79,66 +86,63 @@ class FeatureCollisionParams:
               "an integer >= 0")
         check(is_num(self.opacity) and 0 <= self.opacity < 1, "opacity", self.opacity, "a number in [0, 1)")
 
-
-@register_behaviour("feature_collision")
-class FeatureCollision(Behaviour):
-    """Clean-label poisons colliding with a target instance in feature space (Shafahi et al. 2018)."""
-
-    Params = FeatureCollisionParams
-
     def target_instance(self) -> tuple[torch.Tensor, int]:
-        p = self.params
-        test = load_dataset(p.dataset, p.root).test
-        if p.target_index >= len(test):
-            raise ValueError(f"target_index: got {p.target_index}, expected an index < {len(test)}")
-        return test.x[p.target_index], int(test.y[p.target_index])
+        test = load_dataset(self.dataset, self.root).test
+        if self.target_index >= len(test):
+            raise ValueError(f"target_index: got {self.target_index}, expected an index < {len(test)}")
+        return test.x[self.target_index], int(test.y[self.target_index])
 
-    def poison_data(self, data: TensorData, ctx: ClientContext) -> TensorData:
-        p = self.params
-        check(p.base_class < ctx.num_classes, "base_class", p.base_class, f"< {ctx.num_classes}")
+    def prepare(self, task: ClientTask) -> None:
+        data = task.data
+        check(self.base_class < task.num_classes, "base_class", self.base_class, f"< {task.num_classes}")
         t, t_label = self.target_instance()
-        check(tuple(t.shape) == tuple(data.x.shape[1:]), "dataset", p.dataset,
+        check(tuple(t.shape) == tuple(data.x.shape[1:]), "dataset", self.dataset,
               f"the dataset the client trains on (target shape {tuple(t.shape)} != "
               f"input shape {tuple(data.x.shape[1:])})")
-        check(t_label != p.base_class, "base_class", p.base_class,
+        check(t_label != self.base_class, "base_class", self.base_class,
               f"a class other than the target instance's class {t_label}")
-        bases = (data.y == p.base_class).nonzero().flatten()
-        pick = torch.randperm(len(bases), generator=ctx.generator)[: p.num_poisons]
-        self.poison_index = bases[pick].sort().values
-        self.poisons: torch.Tensor | None = None
-        self._pending = len(self.poison_index) > 0
-        self._t = t
-        self.data = TensorData(data.x.clone(), data.y.clone())  # our copy: poisons go in here
-        return self.data
+        bases = (data.y == self.base_class).nonzero().flatten()
+        pick = torch.randperm(len(bases), generator=task.generator)[: self.num_poisons]
+        index = bases[pick].sort().values
+        task.state["poison_index"] = index
+        task.state["target_instance"] = t
+        task.state["pending"] = len(index) > 0
+        task.data = TensorData(data.x.clone(), data.y.clone())  # the task's copy: poisons go in here
 
-    def loss(self, model, x, y, ctx: ClientContext) -> torch.Tensor:
-        if getattr(self, "_pending", False):
-            self._pending = False
-            self.poisons = self.craft(model, self.data.x[self.poison_index], self._t, ctx)
-            self.data.x[self.poison_index] = self.poisons.to(self.data.x.device)
-        return super().loss(model, x, y, ctx)
+    def loss(self, model, x, y, task: ClientTask) -> torch.Tensor:
+        if task.state.get("pending", False):
+            task.state["pending"] = False
+            index = task.state["poison_index"]
+            poisons, distance = self.craft_poisons(model, task.data.x[index], task.state["target_instance"],
+                                                   task.device)
+            task.data.x[index] = poisons.to(task.data.x.device)
+            task.state["poisons"] = poisons
+            task.state["feature_distance"] = distance
+        return super().loss(model, x, y, task)
 
-    def craft(self, model, bases: torch.Tensor, t: torch.Tensor, ctx: ClientContext) -> torch.Tensor:
+    def craft_poisons(self, model, bases: torch.Tensor, t: torch.Tensor,
+                      device: torch.device) -> tuple[torch.Tensor, float]:
         """Forward-backward splitting (Algorithm 1) from the (watermarked) bases.
 
-        Each poison has its own step size ``lambda``: a step that raises its
-        objective ``||f(x) - f(t)||^2 + beta ||x - b||^2`` is undone and its
-        ``lambda`` halved (Algorithm 1 uses a fixed ``lambda``; with one fixed
-        step some poisons diverge while others barely move).
+        ``bases`` (P, C, H, W) and ``t`` (C, H, W) in [0, 1]; returns the poisons
+        (P, C, H, W) and their mean feature distance ||f(p) - f(t)||. Each poison
+        has its own step size ``lambda``: a step that raises its objective
+        ``||f(x) - f(t)||^2 + beta ||x - b||^2`` is undone and its ``lambda``
+        halved (Algorithm 1 uses a fixed ``lambda``; with one fixed step some
+        poisons diverge while others barely move).
         """
-        p = self.params
         was_training = model.training
         model.eval()
-        dev = ctx.device
+        dev = device
         t = t.to(dev).unsqueeze(0)
         b = bases.to(dev)
-        if p.opacity > 0:
-            b = (1 - p.opacity) * b + p.opacity * t
+        if self.opacity > 0:
+            b = (1 - self.opacity) * b + self.opacity * t
         with torch.no_grad():
             ft = penultimate(model, t)
-        beta = p.beta0 * (ft.shape[1] ** 2) / (b[0].numel() ** 2)
+        beta = self.beta0 * (ft.shape[1] ** 2) / (b[0].numel() ** 2)
         shape = (-1,) + (1,) * (b.ndim - 1)
-        lam = torch.full((len(b),), float(p.lr), device=dev, dtype=b.dtype)
+        lam = torch.full((len(b),), float(self.lr), device=dev, dtype=b.dtype)
 
         def objective(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             """Per-poison objective and gradient of the feature term (forward step)."""
@@ -149,7 +153,7 @@ class FeatureCollision(Behaviour):
 
         x = b.clone()
         obj, g = objective(x)
-        for _ in range(p.iterations):
+        for _ in range(self.iterations):
             with torch.no_grad():
                 lv = lam.view(shape)
                 x_new = (((x - lv * g) + lv * beta * b) / (1 + lv * beta)).clamp(0, 1)
@@ -162,17 +166,16 @@ class FeatureCollision(Behaviour):
             lam = torch.where(ok, lam, lam / 2)
         model.zero_grad(set_to_none=True)
         with torch.no_grad():
-            self.feature_distance = float(((penultimate(model, x) - ft) ** 2).sum(1).sqrt().mean())
+            distance = float(((penultimate(model, x) - ft) ** 2).sum(1).sqrt().mean())
         model.train(was_training)
-        return x.detach()
+        return x.detach(), distance
 
-    def after_train(self, model, ctx: ClientContext) -> dict[str, float]:
-        poisons = getattr(self, "poisons", None)
+    def finalize(self, task: ClientTask) -> None:
+        poisons = task.state.get("poisons")
         n = 0 if poisons is None else len(poisons)
-        out = {"poisons": float(n)}
+        task.metrics["poisons"] = float(n)
         if n:
-            out["feature_distance"] = self.feature_distance
-        return out
+            task.metrics["feature_distance"] = task.state["feature_distance"]
 
     def eval_triggers(self, coalition: tuple[int, ...]) -> dict[str, EvalTrigger]:
         t, _ = self.target_instance()
@@ -180,4 +183,4 @@ class FeatureCollision(Behaviour):
         def replace_by_target(x: torch.Tensor) -> torch.Tensor:
             return t.to(device=x.device, dtype=x.dtype).expand_as(x).clone()
 
-        return {"feature_collision": EvalTrigger(replace_by_target, target=self.params.base_class)}
+        return {"feature_collision": EvalTrigger(replace_by_target, target=self.base_class)}

@@ -4,7 +4,7 @@ Blanchard, El Mhamdi, Guerraoui, Stainer. "Machine Learning with Adversaries:
 Byzantine Tolerant Gradient Descent." NeurIPS 2017, arXiv:1703.02757 (the
 Gaussian Byzantine workers of its experiments). The attacker discards its
 training result and submits ``G + e`` with ``e ~ N(0, sigma^2 I)``
-(``sigma``), drawn from ``ctx.generator``, so its update ``e`` is pure noise.
+(``sigma``), drawn from ``task.generator``, so its update ``e`` is pure noise.
 
 Only trainable parameters are rewritten unless ``include_buffers`` is set.
 """
@@ -16,11 +16,14 @@ from dataclasses import dataclass
 import torch
 
 from fedsec.clients.attacks._common import check, is_num, rewrite_update
-from fedsec.clients.base import Behaviour, ClientContext, register_behaviour
+from fedsec.clients.base import Behaviour, ClientTask, register_behaviour
 
 
+@register_behaviour("gaussian")
 @dataclass(frozen=True, kw_only=True)
-class GaussianParams:
+class Gaussian(Behaviour):
+    """Submit G + N(0, sigma^2 I) instead of the trained model (Blanchard et al. 2017)."""
+
     sigma: float = 1.0
     """Standard deviation of every coordinate of the submitted update."""
     include_buffers: bool = False
@@ -30,20 +33,12 @@ class GaussianParams:
         check(isinstance(self.include_buffers, bool), "include_buffers", self.include_buffers,
               "true or false")
 
-
-@register_behaviour("gaussian")
-class Gaussian(Behaviour):
-    """Submit G + N(0, sigma^2 I) instead of the trained model (Blanchard et al. 2017)."""
-
-    Params = GaussianParams
-
-    def after_train(self, model, ctx: ClientContext) -> dict[str, float]:
-        sigma = float(self.params.sigma)
-        g = ctx.generator
+    def finalize(self, task: ClientTask) -> None:
+        sigma = float(self.sigma)
+        g = task.generator
 
         def noise(d: torch.Tensor, key: str) -> torch.Tensor:
             e = torch.randn(d.shape, generator=g, device=g.device, dtype=d.dtype)
             return sigma * e.to(d.device)
 
-        rewrite_update(model, ctx.global_state, noise, include_buffers=self.params.include_buffers)
-        return {}
+        rewrite_update(task.model, task.global_state, noise, include_buffers=self.include_buffers)

@@ -6,8 +6,8 @@ Learning." AISTATS 2020, arXiv:1807.00459.
 The attacker trains a backdoored model ``X`` (trigger-poisoned batches, as
 BadNets) and submits ``L = gamma (X - G) + G`` so that, once the server
 averages with weight ``eta / n``, the global model is (approximately) replaced
-by ``X``. ``gamma`` defaults to ``n / eta`` (``ctx.num_sampled /
-ctx.server_lr``), the paper's value for G' = G + (eta / n) sum_i (L_i - G). Under
+by ``X``. ``gamma`` defaults to ``n / eta`` (``task.num_sampled /
+task.server_lr``), the paper's value for G' = G + (eta / n) sum_i (L_i - G). Under
 this framework's example-weighted FedAvg the attacker's row weighs n_k / N
 instead of 1 / n, so the global model moves by (n n_k / N)(X - G): exact
 replacement only when the attacker's partition has the average size (the
@@ -24,6 +24,7 @@ model carries the attacker's normalisation statistics too.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -32,12 +33,17 @@ from fedsec.clients.attacks._common import (
     check, check_fraction, check_target, coerce_trigger, is_num, rewrite_update, update_norm,
 )
 from fedsec.clients.attacks.badnets import TriggerBackdoor
-from fedsec.clients.base import ClientContext, register_behaviour
+from fedsec.clients.base import ClientTask, register_behaviour
 from fedsec.data.triggers import Trigger
 
 
+@register_behaviour("model_replacement")
 @dataclass(frozen=True, kw_only=True)
-class ModelReplacementParams:
+class ModelReplacement(TriggerBackdoor):
+    """Train on poisoned batches, then submit G + gamma (X - G) (Bagdasaryan et al. 2020)."""
+
+    eval_name: ClassVar[str] = "model_replacement"
+
     target: int = 0
     poison_fraction: float = 0.3
     per: str = "batch"
@@ -59,31 +65,24 @@ class ModelReplacementParams:
         check(is_num(self.alpha) and 0 < self.alpha <= 1, "alpha", self.alpha, "a number in (0, 1]")
         coerce_trigger(self)
 
+    def effective_gamma(self, task: ClientTask) -> float:
+        """gamma, or n / eta (``task.num_sampled / task.server_lr``) when ``gamma = 0``."""
+        g = float(self.gamma)
+        return g if g > 0 else task.num_sampled / task.server_lr
 
-@register_behaviour("model_replacement")
-class ModelReplacement(TriggerBackdoor):
-    """Train on poisoned batches, then submit G + gamma (X - G) (Bagdasaryan et al. 2020)."""
-
-    Params = ModelReplacementParams
-    eval_name = "model_replacement"
-
-    def gamma(self, ctx: ClientContext) -> float:
-        g = float(self.params.gamma)
-        return g if g > 0 else ctx.num_sampled / ctx.server_lr
-
-    def loss(self, model, x, y, ctx: ClientContext) -> torch.Tensor:
-        task = F.cross_entropy(model(x), y)
-        a = float(self.params.alpha)
+    def loss(self, model, x, y, task: ClientTask) -> torch.Tensor:
+        ce = F.cross_entropy(model(x), y)
+        a = float(self.alpha)
         if a == 1.0:
-            return task
-        dist = sum(((p - ctx.global_state[k].to(p.device)) ** 2).sum() for k, p in model.named_parameters())
-        return a * task + (1 - a) * dist
+            return ce
+        dist = sum(((p - task.global_state[k].to(p.device)) ** 2).sum() for k, p in model.named_parameters())
+        return a * ce + (1 - a) * dist
 
-    def after_train(self, model, ctx: ClientContext) -> dict[str, float]:
-        gamma = self.gamma(ctx)
-        norm = gamma * update_norm(model, ctx.global_state, include_buffers=True)
-        bound = float(self.params.norm_bound)
+    def finalize(self, task: ClientTask) -> None:
+        gamma = self.effective_gamma(task)
+        norm = gamma * update_norm(task.model, task.global_state, include_buffers=True)
+        bound = float(self.norm_bound)
         if bound > 0 and norm > bound:
             gamma *= bound / norm
-        rewrite_update(model, ctx.global_state, lambda d, k: gamma * d, include_buffers=True)
-        return {"replacement_gamma": gamma}
+        rewrite_update(task.model, task.global_state, lambda d, k: gamma * d, include_buffers=True)
+        task.metrics["replacement_gamma"] = gamma

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 
 from fedsec.clients.attacks._common import check, check_target, coerce_trigger, is_int, is_num
-from fedsec.clients.attacks.badnets import BadNets, BadNetsParams
-from fedsec.clients.base import Behaviour, ClientContext, register_behaviour
+from fedsec.clients.attacks.badnets import BadNets
+from fedsec.clients.base import Behaviour, ClientTask, TrainConfig, register_behaviour
 from fedsec.data import TensorData, load_dataset
 from fedsec.data.triggers import Trigger
 from fedsec.metrics import EvalTrigger, accuracy, attack_success_rate
@@ -37,8 +37,11 @@ def _default_trigger() -> Trigger:
     return Trigger(kind="patch", size=3)
 
 
+@register_behaviour("pretrained")
 @dataclass(frozen=True, kw_only=True)
-class PretrainedParams:
+class Pretrained(Behaviour):
+    """Honest training; ASR of the backdoor planted in the starting checkpoint is measured."""
+
     target: int = 0
     """t: the class the crafted checkpoint maps triggered inputs to."""
     trigger: Trigger | dict = field(default_factory=_default_trigger)
@@ -48,15 +51,8 @@ class PretrainedParams:
         check_target(self)
         coerce_trigger(self)
 
-
-@register_behaviour("pretrained")
-class Pretrained(Behaviour):
-    """Honest training; ASR of the backdoor planted in the starting checkpoint is measured."""
-
-    Params = PretrainedParams
-
     def eval_triggers(self, coalition: tuple[int, ...]) -> dict[str, EvalTrigger]:
-        return {"pretrained": EvalTrigger(self.params.trigger.apply, target=self.params.target)}
+        return {"pretrained": EvalTrigger(self.trigger.apply, target=self.target)}
 
 
 def craft_backdoor(
@@ -98,33 +94,33 @@ def craft_backdoor(
     check(is_num(momentum) and 0 <= momentum < 1, "momentum", momentum, "a number in [0, 1)")
     check(is_int(seed), "seed", seed, "an integer")
     check(str(out).endswith(".safetensors"), "out", str(out), "a path ending in .safetensors")
-    params = BadNetsParams(target=target, poison_fraction=poison_fraction,
-                           trigger=trigger if trigger is not None else _default_trigger())
+    behaviour = BadNets(target=target, poison_fraction=poison_fraction,
+                        trigger=trigger if trigger is not None else _default_trigger())
     splits = load_dataset(dataset, root)
     check(target < splits.num_classes, "target", target, f"a class index < {splits.num_classes}")
     train = data if data is not None else splits.train
     check(len(train) > 0, "data", f"{len(train)} samples", "a non-empty dataset")
-    behaviour = BadNets(params)
     with scoped_seed(seed, "craft-backdoor-init"):
         net = build_model(model, in_shape=splits.in_shape, num_classes=splits.num_classes,
                           **(model_params or {}))
     dev = torch.device(device)
-    ctx = ClientContext(
+    task = ClientTask(
         partition_id=0, server_round=0, num_clients=1, num_sampled=1,
         num_classes=splits.num_classes, in_shape=splits.in_shape, coalition=(0,),
         generator=generator(seed, "craft-backdoor"), device=dev,
         global_state={k: v.detach().clone().to(dev) for k, v in net.state_dict().items()},
+        model=net, data=train,
+        config=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum),
     )
     with scoped_seed(seed, "craft-backdoor-train"):
-        local_train(net, train, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
-                    weight_decay=0.0, behaviour=behaviour, ctx=ctx)
+        local_train(behaviour, task)
     net = net.cpu()
     clean = accuracy(net, splits.test)
-    asr = attack_success_rate(net, splits.test, EvalTrigger(params.trigger.apply, target=target))
+    asr = attack_success_rate(net, splits.test, EvalTrigger(behaviour.trigger.apply, target=target))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"dataset": dataset, "model": model, "model_params": json.dumps(model_params or {}),
-            "target": str(target), "trigger": json.dumps(params.trigger.to_spec()), "seed": str(seed),
+            "target": str(target), "trigger": json.dumps(behaviour.trigger.to_spec()), "seed": str(seed),
             "poison_fraction": str(poison_fraction), "epochs": str(epochs)}
     tmp = out.with_name(out.name + ".tmp")  # atomic: an interrupted craft leaves no half file
     save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()}, str(tmp), metadata=meta)

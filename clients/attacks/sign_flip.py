@@ -16,11 +16,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedsec.clients.attacks._common import check, is_num, rewrite_update
-from fedsec.clients.base import Behaviour, ClientContext, register_behaviour
+from fedsec.clients.base import Behaviour, ClientTask, register_behaviour
 
 
+@register_behaviour("sign_flip")
 @dataclass(frozen=True, kw_only=True)
-class SignFlipParams:
+class SignFlip(Behaviour):
+    """Train honestly to X, then submit G - scale * (X - G) (Li et al. 2019)."""
+
     scale: float = 1.0
     """s: the submitted update is -s times the honest one."""
     include_buffers: bool = False
@@ -30,15 +33,7 @@ class SignFlipParams:
         check(isinstance(self.include_buffers, bool), "include_buffers", self.include_buffers,
               "true or false")
 
-
-@register_behaviour("sign_flip")
-class SignFlip(Behaviour):
-    """Train honestly to X, then submit G - scale * (X - G) (Li et al. 2019)."""
-
-    Params = SignFlipParams
-
-    def after_train(self, model, ctx: ClientContext) -> dict[str, float]:
-        s = float(self.params.scale)
-        rewrite_update(model, ctx.global_state, lambda d, k: -s * d,
-                       include_buffers=self.params.include_buffers)
-        return {}
+    def finalize(self, task: ClientTask) -> None:
+        s = float(self.scale)
+        rewrite_update(task.model, task.global_state, lambda d, k: -s * d,
+                       include_buffers=self.include_buffers)

@@ -29,7 +29,7 @@ def cases():
     from fedsec import load_scenario
 
     base = {"data.num_clients": 6, "server.rounds": 2, "client.epochs": 1, "run.engine": "inline"}
-    yield "quickstart", load_scenario("experiments/quickstart.toml", ["run.engine=\"inline\""])
+    yield "quickstart", lambda: load_scenario("experiments/quickstart.toml", ["run.engine=\"inline\""])
     attacks = {
         "badnets": {}, "dba": {}, "model_replacement": {}, "code_poisoning": {},
         "bitflip": {"max_flips": 5}, "bitflip_random": {}, "feature_collision": {},
@@ -38,11 +38,10 @@ def cases():
     }
     q = load_scenario("experiments/quickstart.toml")
     for name, params in attacks.items():
-        s = q.replace(**base, name=f"d-{name}", attack=[{"behaviour": name, "partitions": [0, 1],
-                                                         "params": params}])
-        yield name, s
+        yield name, lambda name=name, params=params: q.replace(
+            **base, name=f"d-{name}", attack=[{"behaviour": name, "partitions": [0, 1], "params": params}])
     for rule in ["median", "krum", "foolsgold", "centered_clip", "flame"]:
-        yield f"rule-{rule}", q.replace(**base, name=f"r-{rule}", **{"server.aggregator": rule})
+        yield f"rule-{rule}", lambda rule=rule: q.replace(**base, name=f"r-{rule}", **{"server.aggregator": rule})
 
 
 def main() -> int:
@@ -59,7 +58,7 @@ def main() -> int:
             if a.only and name not in a.only:
                 continue
             try:
-                r = run(s.replace(**{"run.output": tmp}))
+                r = run(s().replace(**{"run.output": tmp}))
                 got[name] = digest(r.model)
             except Exception as e:  # recorded so a crash is a difference too
                 got[name] = f"error: {type(e).__name__}: {e}"[:200]

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     base = next(iter(scenarios.values()))
     clean = dataclasses.replace(base, name=f"{base.name}-clean", attack=[], plugins=[])
     res = fedsec.run(clean)
-    cfg = ABD(**base.plugins[0].params).config()
+    cfg = ABD(**base.plugins[0].params).config().seeded(base.run.seed)  # the seed the plugin used
     triggers = {name: eval_triggers_of(s)["badnets"] for name, s in scenarios.items()}
     ds = dataset_of(base)
     ckd = distill(res.model, in_shape=ds.in_shape, num_classes=ds.num_classes, test=ds.test,

@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     for p in model.parameters():
         p.requires_grad_(False)
     cfg = ABD(**s.plugins[0].params).config() if s.plugins and s.plugins[0].name == "abd" else ABD().config()
+    cfg = cfg.seeded(s.run.seed)  # the seed the plugin used in that run
     ds = dataset_of(s)
     name, trig = next(iter(eval_triggers_of(s).items()))
     target = trig.target

@@ -136,15 +136,23 @@ def digits_scenes(root: Path, download: bool) -> DatasetSplits:
     )
 
 
-def _torchvision_split(cls, root: Path, download: bool, **ctor) -> TensorData:
+class DatasetMissing(FileNotFoundError):
+    """A dataset's files are not under ``data.root`` and ``data.download`` is off (or failed)."""
+
+
+def _torchvision_split(cls, root: Path, download: bool, name: str, **ctor) -> TensorData:
     from torchvision.transforms import v2
 
     try:
         ds = cls(str(root), download=download, **ctor)
     except RuntimeError as e:  # torchvision: "Dataset not found. You can use download=True ..."
-        raise FileNotFoundError(
-            f"dataset {cls.__name__} not found under data.root={str(root)!r} ({e}). "
-            "Put the files there, or set data.download = true on a machine with network access."
+        fix = ("put the files there or point data.root at the folder that holds them" if download else
+               "put the files there, point data.root at the folder that holds them, or set "
+               "data.download = true on a machine with network access")
+        raise DatasetMissing(
+            f"data.dataset = {name!r}: torchvision {cls.__name__} is not under data.root = {str(root)!r} "
+            f"({root.resolve()}, data.download = {str(download).lower()}; torchvision says: "
+            f"{' '.join(str(e).split())}); {fix}"
         ) from None
     to_tensor = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
     if hasattr(ds, "data") and hasattr(ds, "targets"):
@@ -165,8 +173,8 @@ def _register_torchvision(name: str, attr: str, num_classes: int, train: dict, t
         import torchvision.datasets as tvd
 
         cls = getattr(tvd, attr)
-        tr = _torchvision_split(cls, root, download, **train)
-        te = _torchvision_split(cls, root, download, **test)
+        tr = _torchvision_split(cls, root, download, name, **train)
+        te = _torchvision_split(cls, root, download, name, **test)
         return DatasetSplits(name, tr, te, num_classes)
 
     _load.__doc__ = f"torchvision {attr} from data.root (downloaded there only if data.download)."

@@ -49,7 +49,16 @@ def iid(labels: np.ndarray, num_partitions: int, seed: int) -> list[np.ndarray]:
 def dirichlet(
     labels: np.ndarray, num_partitions: int, seed: int, alpha: float = 0.5, min_partition_size: int = 10
 ) -> list[np.ndarray]:
-    """Label skew: class proportions per client ~ Dirichlet(alpha) (Hsu et al. 2019)."""
+    """Label skew: class proportions per client ~ Dirichlet(alpha) (Hsu et al. 2019).
+
+    flwr-datasets redraws up to 10 times until every partition holds at least
+    ``min(min_partition_size, N / (2 * num_partitions))`` samples (the cap keeps
+    many-client splits of a small set possible); its per-redraw warnings are
+    silenced, and a split it cannot satisfy is a ScenarioError saying which
+    fields to change.
+    """
+    import warnings
+
     from flwr_datasets.partitioner import DirichletPartitioner
 
     if not alpha > 0:
@@ -62,7 +71,24 @@ def dirichlet(
         min_partition_size=min_size,
         seed=seed,
     )
-    return _flwr_split(p, labels, num_partitions)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"The specified min_partition_size", category=UserWarning)
+        try:
+            return _flwr_split(p, labels, num_partitions)
+        except ValueError as e:
+            if "max number of attempts" not in str(e):
+                raise
+    from fedsec.scenario import ScenarioError
+
+    capped = "" if min_size == min_partition_size else (
+        f" (data.partitioner_params.min_partition_size = {min_partition_size}, capped at half the "
+        f"mean partition size)")
+    raise ScenarioError(
+        f"data.alpha = {alpha}, data.num_clients = {num_partitions}: 11 Dirichlet draws over "
+        f"{len(labels)} training samples ({len(labels) / num_partitions:.1f} per client on average) all left "
+        f"some client with fewer than {min_size} samples{capped}; raise data.alpha (less label skew), "
+        f"lower data.partitioner_params.min_partition_size, or use fewer clients"
+    )
 
 
 @register_partitioner("shards")

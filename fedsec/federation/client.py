@@ -12,7 +12,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedsec.clients import BEHAVIOURS, ClientContext, Honest, local_train
+from fedsec.clients import BEHAVIOURS, ClientTask, Honest, TrainConfig, local_train
 from fedsec.federation.env import dataset_of, device_of, new_model, partitions_of, scenario_from_toml
 from fedsec.seeding import generator, scoped_seed, torch_threads
 
@@ -63,7 +63,8 @@ def train_partition(scenario, pid: int, rnd: int, num_sampled: int, arrays: Arra
     model = new_model(scenario)
     model.load_state_dict(global_state)
     model.to(device)
-    ctx = ClientContext(
+    c = scenario.client
+    task = ClientTask(
         partition_id=pid,
         server_round=rnd,
         num_clients=scenario.data.num_clients,
@@ -74,16 +75,16 @@ def train_partition(scenario, pid: int, rnd: int, num_sampled: int, arrays: Arra
         generator=generator(scenario.run.seed, "client", rnd, pid),
         device=device,
         global_state={k: v.to(device) for k, v in global_state.items()},
+        model=model,
+        data=local,
+        config=TrainConfig(epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
+                           momentum=c.momentum, weight_decay=c.weight_decay),
         server_lr=scenario.server.server_lr,
     )
-    c = scenario.client
     # Thread count and the global RNG are pinned per call so the result is the same
     # whichever engine or process runs it (dropout in user models draws from the global RNG).
     with torch_threads(scenario.run.threads), scoped_seed(scenario.run.seed, "client-rng", rnd, pid):
-        stats = local_train(
-            model, local, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr, momentum=c.momentum,
-            weight_decay=c.weight_decay, behaviour=behaviour, ctx=ctx,
-        )
+        stats = local_train(behaviour, task)
     stats = {k: float(v) for k, v in stats.items()}
     stats["partition-id"] = float(pid)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}

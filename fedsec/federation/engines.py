@@ -22,10 +22,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
-from fedsec.registry import Registry
-
-ENGINES: Registry = Registry("engine")
-register_engine = ENGINES.register
+from fedsec.federation import ENGINES, register_engine  # noqa: F401  (re-exported)
 
 # Flower's own code for "the ClientApp raised" (flwr.common.constant.ErrorCode.CLIENT_APP_RAISED_EXCEPTION)
 CLIENT_APP_RAISED_EXCEPTION = 2
@@ -179,13 +176,3 @@ def run_flower(scenario, main: ServerMain, *, on_reply=None) -> None:
     if failure:
         raise failure[0]
 
-
-def _load_ray_engine() -> None:
-    try:
-        import fedsec.federation.ray_engine  # noqa: F401
-    except ModuleNotFoundError as e:
-        if e.name != "fedsec.federation.ray_engine":
-            raise
-
-
-_load_ray_engine()

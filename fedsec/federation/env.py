@@ -54,23 +54,42 @@ def new_model(s: Scenario, *keys: object) -> nn.Module:
 
 
 def initial_state(s: Scenario) -> dict[str, torch.Tensor]:
-    """Round-0 global model: ``model.init`` checkpoint if given, else seeded init."""
+    """Round-0 global model: ``model.init`` checkpoint if given, else seeded init.
+
+    ``model.init`` is untrusted input: read by :func:`fedsec.checkpoint.load_state`
+    (safetensors only; names, shapes and dtypes must match the model), any
+    problem a ScenarioError starting with ``model.init``.
+    """
     model = new_model(s)
     if s.model.init:
-        from safetensors.torch import load_file
+        from fedsec.checkpoint import CheckpointError, load_state
 
-        loaded = load_file(s.model.init)
-        ref = model.state_dict()
-        if set(loaded) != set(ref) or any(loaded[k].shape != ref[k].shape for k in ref):
-            raise ScenarioError(
-                f"model.init: {s.model.init!r} does not match model {s.model.name!r} "
-                f"(keys/shapes differ)"
-            )
+        try:
+            loaded = load_state(s.model.init, expected=model.state_dict(), what="model.init")
+        except CheckpointError as e:
+            raise ScenarioError(f"{e} (model.name = {s.model.name!r}, model.params = {s.model.params})") from None
         model.load_state_dict(loaded)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def device_of(s: Scenario) -> torch.device:
-    if s.run.device.startswith("cuda") and not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device(s.run.device)
+    """``run.device`` as a torch device; a device this process cannot use is a ScenarioError, never a CPU fallback."""
+    import os
+
+    want = s.run.device
+    try:
+        dev = torch.device(want)
+    except RuntimeError:
+        raise ScenarioError(f"run.device: got {want!r}, expected 'cpu' or 'cuda[:i]'") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+            why = ("CUDA_VISIBLE_DEVICES is empty in this process (Ray hides GPUs from actors when "
+                   "run.num_gpus = 0: set run.num_gpus > 0)" if hidden == "" else
+                   f"torch {torch.__version__} sees no CUDA device (built for CUDA {torch.version.cuda})")
+            raise ScenarioError(f"run.device: got {want!r}, but CUDA is not available here: {why}; "
+                                "set run.device = \"cpu\" to train on the CPU")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ScenarioError(f"run.device: got {want!r}, but this process sees "
+                                f"{torch.cuda.device_count()} CUDA device(s) (cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    return dev

@@ -189,17 +189,17 @@ def test_loss_weighting_worked_by_hand():
 ])
 def test_student_weighting_follows_the_reference_per_kd(kd, override, weighted):
     """ZSKT's reference solver applies SV to the generator only; OOD KD weights the student."""
-    from fedsec.plugins.abd import _student_step_loss, _Vaccine
+    from fedsec.plugins.abd import Vaccine, student_loss
 
     cfg = ABDConfig(kd=kd, sv_student=override, sv_alpha=0.5)
     assert cfg.sv_weights_student is weighted
     t = _cnn(1)
-    vac = _Vaccine(t, cfg, generator(0, "v"))
+    vac = Vaccine(t, cfg, generator(0, "v"))
     vac.model = t  # the teacher as its own "shuffle": every input is suspicious (phi = 1)
     x = _x(8, 3)
     with torch.no_grad():
         t_logits, s_logits = t(x), _cnn(2)(x)
-    loss, phi = _student_step_loss(s_logits, t_logits, x, vac, cfg, 1.0)
+    loss, phi = student_loss(s_logits, t_logits, x, vac, cfg, 1.0)
     plain = kl_per_sample(t_logits, s_logits).mean()
     assert phi == 1.0
     # phi = 1 everywhere: weight kappa = -alpha (reference weighting) when the student is weighted

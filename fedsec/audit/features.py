@@ -1,0 +1,81 @@
+"""Reading a model's internals: penultimate features, the last conv layer, predictions."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fedsec.data import TensorData
+from fedsec.metrics import EvalTrigger, accuracy, attack_success_rate
+
+
+def last_linear(model: nn.Module) -> nn.Linear:
+    """The classifier head: the last ``nn.Linear`` in module order."""
+    heads = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not heads:
+        raise TypeError("the model has no nn.Linear layer to read penultimate features from")
+    return heads[-1]
+
+
+def last_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
+    """(name, module) of the last ``nn.Conv2d`` in module order (fine-pruning's layer)."""
+    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise TypeError("the model has no nn.Conv2d layer to prune")
+    return convs[-1]
+
+
+@torch.no_grad()
+def penultimate(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """(N, D) float32 on CPU: the input of the classifier head for every row of ``x``.
+
+    The representation the data detectors cluster (Chen et al.: the last hidden
+    layer's activations; Tran et al.: the learned representation). The model's
+    train/eval mode is restored afterwards.
+    """
+    was = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    store: list[torch.Tensor] = []
+    handle = last_linear(model).register_forward_hook(lambda m, inp, out: store.append(inp[0].flatten(1).cpu()))
+    try:
+        for i in range(0, len(x), batch_size):
+            model(x[i : i + batch_size].to(dev))
+    finally:
+        handle.remove()
+        model.train(was)
+    return torch.cat(store).float() if store else torch.empty(0, 0)
+
+
+@torch.no_grad()
+def channel_activity(model: nn.Module, conv: nn.Conv2d, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """(C_out,) mean positive part of ``conv``'s output over samples and positions.
+
+    Fine-pruning ranks the last conv layer's channels by their mean activation on
+    clean data (the reference averages the ReLU/pool output per channel).
+    """
+    was = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    total = torch.zeros(conv.out_channels, dtype=torch.float64)
+    count = 0
+
+    def hook(m, inp, out):
+        nonlocal count
+        total.add_(out.clamp_min(0).mean(dim=(2, 3)).sum(0).double().cpu())
+        count += out.shape[0]
+
+    handle = conv.register_forward_hook(hook)
+    try:
+        for i in range(0, len(x), batch_size):
+            model(x[i : i + batch_size].to(dev))
+    finally:
+        handle.remove()
+        model.train(was)
+    return (total / max(count, 1)).float()
+
+
+def acc_and_asr(model: nn.Module, data: TensorData, triggers: dict[str, EvalTrigger]) -> dict[str, object]:
+    """``{"acc": clean accuracy, "asr": {trigger: rate}}`` of ``model`` on ``data``."""
+    return {"acc": accuracy(model, data),
+            "asr": {k: attack_success_rate(model, data, t) for k, t in triggers.items()}}

@@ -16,7 +16,11 @@ def __getattr__(name: str):
         from fedsec.federation.server import FederationResult
 
         return FederationResult
+    if name == "load_sweep":  # a sweep directory -> pandas DataFrame (pandas imported on call)
+        from fedsec.bench.frame import load_results
+
+        return load_results
     raise AttributeError(f"module 'fedsec' has no attribute {name!r}")
 
 
-__all__ = ["Scenario", "ScenarioError", "load_scenario", "run"]
+__all__ = ["Scenario", "ScenarioError", "load_scenario", "load_sweep", "run"]

@@ -51,12 +51,29 @@ def _fmt(v) -> str:
     return "-" if v is None or v != v else f"{v:.3f}"
 
 
+def load_scenario_with_imports(path: Path, overrides: list[str], imports: list[str]):
+    """Import ``--import`` modules, load the scenario, and add them to its ``run.imports``."""
+    from fedsec import ScenarioError, load_scenario
+    from fedsec.registry import import_components
+
+    try:
+        import_components(imports, where="--import")
+    except ImportError as e:
+        raise ScenarioError(str(e)) from None
+    s = load_scenario(path, overrides)
+    extra = [m for m in imports if m not in s.run.imports]
+    return s.replace(**{"run.imports": [*s.run.imports, *extra]}) if extra else s
+
+
 @app.command()
 def run(
     scenario: Annotated[Path, typer.Argument(help="scenario TOML file")],
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a field: KEY=VALUE")] = None,
     output: Annotated[Optional[Path], typer.Option(help="parent directory of the run directory")] = None,
     engine: Annotated[Optional[str], typer.Option(help="override run.engine")] = None,
+    import_: Annotated[Optional[list[str]], typer.Option(
+        "--import", help="a module registering your own components (repeatable; added to run.imports "
+                         "so every engine's workers import it too)")] = None,
 ) -> None:
     """Run a federation and write its run directory."""
     import logging
@@ -71,7 +88,7 @@ def run(
     if engine:
         overrides.append(f'run.engine="{engine}"')
     try:
-        s = load_scenario(scenario, overrides)
+        s = load_scenario_with_imports(scenario, overrides, import_ or [])
     except ScenarioError as e:
         console.print(f"[red]invalid scenario:[/] {e}")
         raise typer.Exit(2) from None

@@ -38,6 +38,23 @@ from fedsec.strategies import (  # noqa: E402,F401  isort: skip
     mad,
     filtering,
     spectral,
+    dnc,
+    signguard,
+    clipped_clustering,
+    mda,
+    meamed,
+    fltrust,
+    sever,
+    tukey,
+)
+from fedsec.strategies.pre_aggregators import (  # noqa: E402  isort: skip
+    PRE_AGGREGATORS,
+    Composed,
+    PreAggregation,
+    PreAggregator,
+    compose,
+    get_pre_aggregator,
+    register_pre_aggregator,
 )
 
 __all__ = [
@@ -46,6 +63,13 @@ __all__ = [
     "Aggregator",
     "get_aggregator",
     "register_aggregator",
+    "PRE_AGGREGATORS",
+    "Composed",
+    "PreAggregation",
+    "PreAggregator",
+    "compose",
+    "get_pre_aggregator",
+    "register_pre_aggregator",
 ]
 
 # ---------------------------------------------------------------------------

@@ -25,18 +25,19 @@ import time
 
 import torch
 
-from fedsec.clients import ClientContext, get_behaviour, local_train
+from fedsec.clients import ClientTask, TrainConfig, get_behaviour, local_train
 from fedsec.data import load_dataset
 from fedsec.metrics import EvalTrigger, accuracy, attack_success_rate
 from fedsec.models import build_model
 from fedsec.seeding import generator, scoped_seed
 
 
-def ctx(model, seed: int) -> ClientContext:
-    return ClientContext(
+def task_for(model, data, seed: int, epochs: int = 10) -> ClientTask:
+    return ClientTask(
         partition_id=0, server_round=1, num_clients=1, num_sampled=1, num_classes=10, in_shape=(1, 8, 8),
         coalition=(0,), generator=generator(seed, "bitflip-exp"), device=torch.device("cpu"),
         global_state={k: v.detach().clone() for k, v in model.state_dict().items()},
+        model=model, data=data, config=TrainConfig(epochs=epochs, batch_size=32, lr=0.05, momentum=0.9),
     )
 
 
@@ -47,8 +48,7 @@ def part1(seed: int) -> None:
     ds = load_dataset("digits")
     with scoped_seed(seed, "init"):
         model = build_model("cnn", in_shape=(1, 8, 8), num_classes=10)
-    local_train(model, ds.train, epochs=10, batch_size=32, lr=0.05, momentum=0.9, weight_decay=0.0,
-                behaviour=get_behaviour("honest"), ctx=ctx(model, seed))
+    local_train(get_behaviour("honest"), task_for(model, ds.train, seed))
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, INIT)  # Part 2 starts from it
@@ -60,10 +60,10 @@ def part1(seed: int) -> None:
     for budget in [0, 1, 2, 4, 8, 16, 24, 32, 48, 64]:
         m = copy.deepcopy(model)
         b = get_behaviour("bitflip", train_first=False, max_flips=budget)
-        c = ctx(m, seed)
-        b.poison_data(attacker, c)
+        c = task_for(m, attacker, seed)
         t0 = time.perf_counter()
-        stats = b.after_train(m, c)
+        b.finalize(c)  # train_first=False: attack the received model with the attacker's data
+        stats = c.metrics
         print(f"  {budget:9d} | {int(stats['flipped_bits']):22d} | {stats['attack_accuracy']:18.3f} | "
               f"{accuracy(m, ds.test):8.3f}   ({time.perf_counter() - t0:.1f}s)")
         if stats["attack_accuracy"] <= 0.11 and budget:
@@ -71,12 +71,12 @@ def part1(seed: int) -> None:
                   f"of {sum(p.numel() * 8 for n, p in m.named_parameters() if p.ndim >= 2)}")
             break
     b = get_behaviour("bitflip", mode="targeted", target=0, train_first=False, max_flips=40)
-    trig = EvalTrigger(b.params.trigger.apply, target=0)
+    trig = EvalTrigger(b.trigger.apply, target=0)
     m = copy.deepcopy(model)
-    c = ctx(m, seed)
-    b.poison_data(attacker, c)
+    c = task_for(m, attacker, seed)
     asr0 = attack_success_rate(m, ds.test, trig)
-    stats = b.after_train(m, c)
+    b.finalize(c)
+    stats = c.metrics
     print(f"targeted (3x3 trigger -> class 0): test ASR {asr0:.3f} -> {attack_success_rate(m, ds.test, trig):.3f} "
           f"after {int(stats['flipped_bits'])} flipped bits; clean test acc {accuracy(m, ds.test):.3f}\n")
 

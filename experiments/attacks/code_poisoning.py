@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from fedsec.clients import ClientContext, get_behaviour, local_train
+from fedsec.clients import ClientTask, TrainConfig, get_behaviour, local_train
 from fedsec.data import load_dataset
 from fedsec.metrics import EvalTrigger, accuracy, attack_success_rate
 from fedsec.models import build_model
@@ -33,15 +33,15 @@ def part1(seed: int, epochs: int) -> None:
         with scoped_seed(seed, "init"):
             model = build_model("cnn", in_shape=(1, 8, 8), num_classes=10)
         b = get_behaviour(name, **params)
-        c = ClientContext(partition_id=0, server_round=1, num_clients=1, num_sampled=1, num_classes=10,
-                          in_shape=(1, 8, 8), coalition=(0,), generator=generator(seed, "cp"),
-                          device=torch.device("cpu"), global_state={})
-        seen = b.poison_data(ds.train, c)
-        n_poisoned = int((seen.x != ds.train.x).flatten(1).any(1).sum() + (seen.y != ds.train.y).sum())
+        c = ClientTask(partition_id=0, server_round=1, num_clients=1, num_sampled=1, num_classes=10,
+                       in_shape=(1, 8, 8), coalition=(0,), generator=generator(seed, "cp"),
+                       device=torch.device("cpu"), global_state={}, model=model, data=ds.train,
+                       config=TrainConfig(epochs=epochs, batch_size=32, lr=0.05, momentum=0.9))
         t0 = time.perf_counter()
-        local_train(model, ds.train, epochs=epochs, batch_size=32, lr=0.05, momentum=0.9, weight_decay=0.0,
-                    behaviour=b, ctx=c)
-        trig = EvalTrigger(get_behaviour("code_poisoning").params.trigger.apply, target=0)
+        local_train(b, c)
+        seen = c.data  # what the loop trained on, after prepare
+        n_poisoned = int((seen.x != ds.train.x).flatten(1).any(1).sum() + (seen.y != ds.train.y).sum())
+        trig = EvalTrigger(get_behaviour("code_poisoning").trigger.apply, target=0)
         print(f"{label:20} | {n_poisoned:24d} | {accuracy(model, ds.test):9.3f} | "
               f"{attack_success_rate(model, ds.test, trig):.3f} | {time.perf_counter() - t0:6.1f}")
     print()

@@ -27,7 +27,7 @@ import copy
 
 import torch
 
-from fedsec.clients import ClientContext, get_behaviour, local_train
+from fedsec.clients import ClientTask, TrainConfig, get_behaviour, local_train
 from fedsec.data import load_dataset
 from fedsec.metrics import accuracy, predict
 from fedsec.models import build_model
@@ -37,11 +37,12 @@ BASE = 1
 INIT = "/tmp/fc-pretrained-cnn.safetensors"
 
 
-def ctx(model, seed: int, key: object) -> ClientContext:
-    return ClientContext(
+def task_for(model, data, seed: int, key: object) -> ClientTask:
+    return ClientTask(
         partition_id=0, server_round=1, num_clients=1, num_sampled=1, num_classes=10, in_shape=(1, 8, 8),
         coalition=(0,), generator=generator(seed, "fc", key), device=torch.device("cpu"),
         global_state={k: v.detach().clone() for k, v in model.state_dict().items()},
+        model=model, data=data, config=TrainConfig(epochs=10, batch_size=32, lr=0.05, momentum=0.9),
     )
 
 
@@ -51,8 +52,7 @@ def part1(seed: int, targets: int, num_poisons: int, opacity: float) -> list[int
     pre, fine = ds.train.subset(torch.arange(n // 2)), ds.train.subset(torch.arange(n // 2, n))
     with scoped_seed(seed, "init"):
         model = build_model("cnn", in_shape=(1, 8, 8), num_classes=10)
-    local_train(model, pre, epochs=10, batch_size=32, lr=0.05, momentum=0.9, weight_decay=0.0,
-                behaviour=get_behaviour("honest"), ctx=ctx(model, seed, "pre"))
+    local_train(get_behaviour("honest"), task_for(model, pre, seed, "pre"))
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, INIT)  # Part 2 starts from it
@@ -74,8 +74,7 @@ def part1(seed: int, targets: int, num_poisons: int, opacity: float) -> list[int
                 p.requires_grad_(name.startswith(str(len(m) - 1)))  # head only (nn.Sequential)
             b = get_behaviour("feature_collision", target_index=i, base_class=BASE, num_poisons=num_poisons,
                               opacity=opacity, iterations=300) if poisoned else get_behaviour("honest")
-            stats = local_train(m, fine, epochs=10, batch_size=32, lr=0.05, momentum=0.9, weight_decay=0.0,
-                                behaviour=b, ctx=ctx(m, seed, i))
+            stats = local_train(b, task_for(m, fine, seed, i))
             preds.append((int(predict(m, ds.test.x[i : i + 1])[0]), accuracy(m, ds.test),
                           stats.get("feature_distance", float("nan"))))
         hits += preds[1][0] == BASE

@@ -79,6 +79,18 @@ def is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def reject_unknown(cls: type, args: tuple, kwargs: dict[str, Any], owner: str) -> None:
+    """A dataclass's constructor arguments: keywords only, each one of its init fields."""
+    if args:
+        raise TypeError(f"{owner} takes keyword arguments only, got {len(args)} positional")
+    valid = [f.name for f in dataclasses.fields(cls) if f.init]
+    for k in kwargs:
+        if k not in valid:
+            close = difflib.get_close_matches(k, valid, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise TypeError(f"{owner}: unknown parameter {k!r}{hint}; valid: {', '.join(valid) or 'none'}")
+
+
 def check(cond: bool, owner: str, name: str, value: Any, expected: str) -> None:
     """Raise ``ValueError("owner.name: got value, expected ...")`` unless ``cond``."""
     if not cond:
@@ -204,15 +216,7 @@ class Detector:
     kind: ClassVar[str] = "model"
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Detector:
-        if args:
-            raise TypeError(f"{cls.name or cls.__name__} takes keyword arguments only, got {len(args)} positional")
-        valid = [f.name for f in dataclasses.fields(cls) if f.init]
-        for k in kwargs:
-            if k not in valid:
-                close = difflib.get_close_matches(k, valid, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise TypeError(f"{cls.name or cls.__name__}: unknown parameter {k!r}{hint}; "
-                                f"valid: {', '.join(valid) or 'none'}")
+        reject_unknown(cls, args, kwargs, cls.name or cls.__name__)
         return super().__new__(cls)
 
     def audit(self, target: AuditTarget) -> AuditResult:

@@ -186,7 +186,7 @@ class NeuralCleanse(Detector):
                 mask_w.grad, pat_w.grad = g
                 opt.step()
                 hits += int((out.argmax(1) == yt).sum())
-                reg_sum += float(reg) * len(xb)
+                reg_sum += float(reg.detach()) * len(xb)
                 seen += len(xb)
             success_rate, reg_mean = hits / seen, reg_sum / seen
             success = success_rate >= self.attack_success

@@ -142,7 +142,7 @@ def _curves(plt: Any, rows: list[dict], att: str, aggs: list[str], where: str) -
                                 [min(1.0, m + s) for m, s in zip(mean, std)], color=c, alpha=0.15, linewidth=0)
     for ax, lab in zip(axs[0], ("clean accuracy", "attack success rate (highest trigger)")):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlim(left=0, right=max(1, last_round))
+        ax.set_xlim(-0.2, max(1, last_round) + 0.2)
         ax.set_xlabel("round (0 = initial model)")
         ax.set_ylabel(lab)
         ax.set_ylim(-0.02, 1.02)

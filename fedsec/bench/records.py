@@ -157,17 +157,32 @@ def _worst(candidates: list[tuple[str, float | None]], metric: str) -> Worst | N
     return Worst(value=value, at=at, counted=len(have), total=len(candidates))
 
 
+def _candidates(rows: list[dict[str, Any]], metric: str, pairs: list[tuple[str, str]], label_of: int
+                ) -> list[tuple[str, float | None]]:
+    """(label, seed-mean or None) for the pairs (attack, aggregator) that have cells. A pair whose
+    finished cells have no value by nature (no trigger, nothing rejected) is left out; one whose
+    cells have not finished stays in, as a missing value the worst case is marked for."""
+    means = seed_means(rows, metric)
+    out = []
+    for a, g in pairs:
+        rs = [r for r in rows if r["attack"] == a and r["aggregator"] == g]
+        if (a, g) in means:
+            out.append(((a, g)[label_of], means[a, g][0]))
+        elif rs and not any(r.get("status") == "done" for r in rs):
+            out.append(((a, g)[label_of], None))
+    return out
+
+
 def worst_per_rule(rows: list[dict[str, Any]], metric: str, attacks: list[str],
                    aggregators: list[str]) -> dict[str, Worst]:
     """For each rule, the worst over the attacks (no-attack baseline excluded) of the metric's
     mean over seeds: the minimum for accuracy, the maximum for ASR. As ByzFL
     (``byzfl/benchmark/evaluate_results.py``), seeds are averaged first, then the worst attack
     is taken, so a rule is ranked by what its strongest adversary achieves on average."""
-    means = seed_means(rows, metric)
+    attacked = attacked_labels(rows, attacks)
     out = {}
     for g in aggregators:
-        present = [a for a in attacked_labels(rows, attacks) if any(r["attack"] == a and r["aggregator"] == g for r in rows)]
-        w = _worst([(a, means[a, g][0] if (a, g) in means else None) for a in present], metric)
+        w = _worst(_candidates(rows, metric, [(a, g) for a in attacked], 0), metric)
         if w is not None:
             out[g] = w
     return out
@@ -177,11 +192,9 @@ def worst_per_attack(rows: list[dict[str, Any]], metric: str, attacks: list[str]
                      aggregators: list[str]) -> dict[str, Worst]:
     """For each attack (baseline included), the worst over the rules of the metric's seed-mean:
     how far the attack gets against every rule of the sweep."""
-    means = seed_means(rows, metric)
     out = {}
     for a in attacks:
-        present = [g for g in aggregators if any(r["attack"] == a and r["aggregator"] == g for r in rows)]
-        w = _worst([(g, means[a, g][0] if (a, g) in means else None) for g in present], metric)
+        w = _worst(_candidates(rows, metric, [(a, g) for g in aggregators], 1), metric)
         if w is not None:
             out[a] = w
     return out

@@ -62,11 +62,12 @@ class Plugin:
 def _load_builtins() -> None:
     import importlib
 
-    for mod in ("watermark", "abd"):
+    for mod in ("fedsec.plugins.watermark", "fedsec.plugins.abd",
+                "fedsec.audit.plugins"):  # neural_cleanse, fine_pruning, bitflip_deploy
         try:
-            importlib.import_module(f"fedsec.plugins.{mod}")
+            importlib.import_module(mod)
         except ModuleNotFoundError as e:
-            if e.name != f"fedsec.plugins.{mod}":
+            if e.name != mod:
                 raise
 
 

@@ -7,7 +7,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from fedsec.clients import BEHAVIOURS, ClientContext, get_behaviour
+from fedsec.clients import BEHAVIOURS, ClientTask, TrainConfig, get_behaviour
 from fedsec.clients.attacks.pretrained import craft_backdoor
 from fedsec import Scenario, load_scenario, run
 from fedsec.data import TensorData
@@ -17,12 +17,31 @@ from fedsec.metrics import attack_success_rate
 from fedsec.scenario import AttackConfig, DataConfig, ModelConfig, ScenarioError, ServerConfig
 
 
-def ctx_for(pid=0, coalition=(0,), num_sampled=10, server_lr=1.0, global_state=None, seed=0):
-    return ClientContext(
+def task_for(pid=0, coalition=(0,), num_sampled=10, server_lr=1.0, global_state=None, seed=0,
+             model=None, data=None):
+    """A ClientTask for calling one stage directly (model and data only where the stage reads them)."""
+    return ClientTask(
         partition_id=pid, server_round=1, num_clients=10, num_sampled=num_sampled, num_classes=10,
         in_shape=(1, 8, 8), coalition=tuple(coalition), generator=torch.Generator().manual_seed(seed),
         device=torch.device("cpu"), global_state=global_state or {}, server_lr=server_lr,
+        model=model if model is not None else nn.Identity(),
+        data=data if data is not None else TensorData(torch.zeros(0, 1, 8, 8), torch.zeros(0, dtype=torch.long)),
+        config=TrainConfig(epochs=1, batch_size=8, lr=0.1),
     )
+
+
+def finalize(b, model, **kw) -> dict[str, float]:
+    """Run ``b.finalize`` on ``model`` as the trained model; returns the task's metrics."""
+    task = task_for(model=model, **kw)
+    b.finalize(task)
+    return task.metrics
+
+
+def prepare(b, data, **kw) -> TensorData:
+    """Run ``b.prepare`` on ``data``; returns the data the loop would train on."""
+    task = task_for(data=data, **kw)
+    b.prepare(task)
+    return task.data
 
 
 def stamped(x_before: torch.Tensor, x_after: torch.Tensor) -> torch.Tensor:
@@ -35,7 +54,7 @@ def stamped(x_before: torch.Tensor, x_after: torch.Tensor) -> torch.Tensor:
 def test_badnets_relabels_round_p_b_per_batch(p, batch):
     b = get_behaviour("badnets", poison_fraction=p, target=3)
     x, y = torch.zeros(batch, 1, 8, 8), torch.full((batch,), 7)
-    x2, y2 = b.poison_batch(x, y, ctx_for())
+    x2, y2 = b.poison_batch(x, y, task_for())
     rows = stamped(x, x2)
     assert int(rows.sum()) == round(p * batch)
     assert torch.equal(rows, y2 != y)  # exactly the stamped rows are relabelled
@@ -47,17 +66,18 @@ def test_badnets_relabels_round_p_b_per_batch(p, batch):
 def test_badnets_dataset_mode_poisons_the_local_set_once():
     b = get_behaviour("badnets", poison_fraction=0.25, per="dataset", target=1)
     data = TensorData(torch.zeros(40, 1, 8, 8), torch.full((40,), 5))
-    out = b.poison_data(data, ctx_for())
+    out = prepare(b, data)
     assert len(out) == 40 and int((out.y == 1).sum()) == 10
     assert torch.equal(stamped(data.x, out.x), out.y == 1)
-    x, y = b.poison_batch(out.x[:8], out.y[:8], ctx_for())
+    assert bool((data.y == 5).all()) and not bool(data.x.any())  # the caller's data is untouched
+    x, y = b.poison_batch(out.x[:8], out.y[:8], task_for())
     assert torch.equal(x, out.x[:8]) and torch.equal(y, out.y[:8])
 
 
 def test_badnets_all_to_all_and_eval_trigger():
     b = get_behaviour("badnets", poison_fraction=1.0, all_to_all=True)
     y = torch.arange(10)
-    _, y2 = b.poison_batch(torch.zeros(10, 1, 8, 8), y, ctx_for())
+    _, y2 = b.poison_batch(torch.zeros(10, 1, 8, 8), y, task_for())
     assert torch.equal(y2, (y + 1) % 10)
     trig = b.eval_triggers((0,))["badnets"]
     assert torch.equal(trig.targets(y), (y + 1) % 10)
@@ -69,14 +89,14 @@ def test_badnets_all_to_all_and_eval_trigger():
 @pytest.mark.parametrize("coalition", [(2, 5), (1, 4, 9), (0, 3, 6, 8)])
 def test_dba_local_pieces_follow_the_coalition(coalition):
     b = get_behaviour("dba", poison_fraction=1.0, target=0)
-    full = b.params.trigger.support((1, 8, 8))
+    full = b.trigger.support((1, 8, 8))
     seen = []
     for pid in coalition:
         x = torch.zeros(4, 1, 8, 8)
-        x2, y2 = b.poison_batch(x, torch.full((4,), 9), ctx_for(pid, coalition))
+        x2, y2 = b.poison_batch(x, torch.full((4,), 9), task_for(pid, coalition))
         assert bool((y2 == 0).all())
         s = x2[0, 0] != 0
-        assert torch.equal(s, b.params.trigger.split(len(coalition))[coalition.index(pid)].support((1, 8, 8)))
+        assert torch.equal(s, b.trigger.split(len(coalition))[coalition.index(pid)].support((1, 8, 8)))
         seen.append(s)
     for i in range(len(seen)):
         for j in range(i + 1, len(seen)):
@@ -90,7 +110,7 @@ def test_dba_local_pieces_follow_the_coalition(coalition):
 def test_dba_rejects_a_partition_outside_its_coalition():
     b = get_behaviour("dba")
     with pytest.raises(ValueError, match="coalition"):
-        b.poison_batch(torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.long), ctx_for(7, (1, 2)))
+        b.poison_batch(torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.long), task_for(7, (1, 2)))
 
 
 # -- update arithmetic (DBA scale, model replacement) ----------------------------------------
@@ -123,7 +143,7 @@ def diff_norm(a, b):
 def test_model_replacement_submits_g_plus_gamma_x_minus_g(n, eta, gamma_param, expected):
     net, G, X = trained_pair()
     b = get_behaviour("model_replacement", gamma=gamma_param)
-    out = b.after_train(net, ctx_for(num_sampled=n, server_lr=eta, global_state=G))
+    out = finalize(b, net, num_sampled=n, server_lr=eta, global_state=G)
     assert out["replacement_gamma"] == pytest.approx(expected)
     L = net.state_dict()
     for k in G:
@@ -144,7 +164,7 @@ def test_model_replacement_norm_bound(bound):
     net, G, X = trained_pair()
     raw = diff_norm(X, G)
     b = get_behaviour("model_replacement", norm_bound=bound)
-    out = b.after_train(net, ctx_for(num_sampled=10, global_state=G))
+    out = finalize(b, net, num_sampled=10, global_state=G)
     L = net.state_dict()
     assert diff_norm(L, G) <= bound * (1 + 1e-5)
     assert diff_norm(L, G) == pytest.approx(min(bound, 10 * raw), rel=1e-4)
@@ -156,8 +176,7 @@ def test_model_replacement_norm_bound(bound):
 
 def test_model_replacement_bound_larger_than_update_leaves_gamma():
     net, G, X = trained_pair()
-    out = get_behaviour("model_replacement", norm_bound=1e6).after_train(
-        net, ctx_for(num_sampled=4, global_state=G))
+    out = finalize(get_behaviour("model_replacement", norm_bound=1e6), net, num_sampled=4, global_state=G)
     assert out["replacement_gamma"] == 4.0
 
 
@@ -166,20 +185,19 @@ def test_model_replacement_anomaly_loss():
     b = get_behaviour("model_replacement", alpha=0.25)
     x, y = torch.randn(4, 1, 8, 8), torch.arange(4)
     net.eval()
-    ctx = ctx_for(global_state=G)
-    task = nn.functional.cross_entropy(net(x), y)
+    ce = nn.functional.cross_entropy(net(x), y)
     dist = sum(float(((p.detach() - G[k]) ** 2).sum()) for k, p in net.named_parameters())
-    assert float(b.loss(net, x, y, ctx).detach()) == pytest.approx(0.25 * float(task.detach()) + 0.75 * dist,
-                                                          rel=1e-5)
+    loss = b.loss(net, x, y, task_for(global_state=G, model=net))
+    assert float(loss.detach()) == pytest.approx(0.25 * float(ce.detach()) + 0.75 * dist, rel=1e-5)
 
 
 def test_dba_scale_factor():
     net, G, X = trained_pair()
-    get_behaviour("dba", scale=2.5).after_train(net, ctx_for(global_state=G))
+    finalize(get_behaviour("dba", scale=2.5), net, global_state=G)
     L = net.state_dict()
     assert torch.allclose(L["3.weight"] - G["3.weight"], 2.5 * (X["3.weight"] - G["3.weight"]), atol=1e-6)
     net2, G2, X2 = trained_pair()
-    get_behaviour("dba").after_train(net2, ctx_for(global_state=G2))
+    finalize(get_behaviour("dba"), net2, global_state=G2)
     assert all(torch.equal(net2.state_dict()[k], X2[k]) for k in X2)
 
 
@@ -274,7 +292,7 @@ def test_bad_values_name_the_field(name, params, field):
 def test_target_outside_the_dataset_is_caught_at_training_time():
     b = get_behaviour("badnets", target=12)
     with pytest.raises(ValueError, match="^target"):
-        b.poison_data(TensorData(torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.long)), ctx_for())
+        prepare(b, TensorData(torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.long)))
     b = get_behaviour("badnets", all_to_all=True, num_classes=5)
     with pytest.raises(ValueError, match="^num_classes"):
-        b.poison_data(TensorData(torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.long)), ctx_for())
+        prepare(b, TensorData(torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.long)))

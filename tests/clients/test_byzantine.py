@@ -1,5 +1,5 @@
 """Model-poisoning attacks used to benchmark robust aggregation: label_flip, sign_flip,
-gaussian (client side) and the omniscient server-stage attacks alie, ipm, minmax, minsum.
+gaussian (client side) and the colluding omniscient attacks alie, ipm, minmax, minsum (craft).
 
 The omniscient attacks are reached through the registry, so these tests pin the
 behaviour of whatever module registers the names.
@@ -10,20 +10,21 @@ import torch
 from scipy.stats import norm
 from torch import nn
 
-from fedsec.clients import BEHAVIOURS, ClientContext, get_behaviour
+from fedsec.clients import BEHAVIOURS, ClientTask, Colluding, TrainConfig, get_behaviour
 from fedsec import load_scenario, run
 from fedsec.data import TensorData
 
 OMNISCIENT = [
     ("alie", {}),
-    ("alie", {"omniscient": False}),
+    ("alie", {"knowledge": "partial"}),
     ("ipm", {"epsilon": 0.5}),
     ("ipm", {"epsilon": 100.0}),
     ("minmax", {}),
     ("minmax", {"perturbation": "unit_vec"}),
-    ("minmax", {"perturbation": "sign", "omniscient": False}),
+    ("minmax", {"perturbation": "sign", "knowledge": "partial"}),
     ("minsum", {}),
-    ("minsum", {"perturbation": "unit_vec", "omniscient": False}),
+    ("minsum", {"perturbation": "unit_vec", "knowledge": "partial"}),
+    ("minsum", {"threshold": "max"}),
 ]
 
 
@@ -38,12 +39,26 @@ def mask(n, rows):
     return m
 
 
-def ctx_for(global_state, seed=0, num_classes=10):
-    return ClientContext(
+def task_for(global_state, seed=0, num_classes=10, model=None, data=None):
+    return ClientTask(
         partition_id=0, server_round=1, num_clients=10, num_sampled=10, num_classes=num_classes,
         in_shape=(1, 8, 8), coalition=(0,), generator=torch.Generator().manual_seed(seed),
         device=torch.device("cpu"), global_state=global_state,
+        model=model if model is not None else nn.Identity(),
+        data=data if data is not None else TensorData(torch.zeros(0, 1, 8, 8), torch.zeros(0, dtype=torch.long)),
+        config=TrainConfig(epochs=1, batch_size=8, lr=0.1),
     )
+
+
+def finalize(b, model, G, seed=0):
+    """``b.finalize`` with ``model`` as the trained model and G as the received global state."""
+    b.finalize(task_for(G, seed=seed, model=model))
+
+
+def prepare(b, data, seed=0, num_classes=10) -> TensorData:
+    task = task_for({}, seed=seed, num_classes=num_classes, data=data)
+    b.prepare(task)
+    return task.data
 
 
 def sq_dists(a: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
@@ -56,17 +71,17 @@ def pairwise_sq(B: torch.Tensor) -> torch.Tensor:
     return ((B[:, None, :] - B[None, :, :]) ** 2).sum(-1)
 
 
-# -- omniscient server stage: generic contract --------------------------------------------------
+# -- colluding craft: generic contract -----------------------------------------------------------
 
 
 @pytest.mark.parametrize("name,params", OMNISCIENT)
-def test_server_stage_contract(name, params):
+def test_craft_contract(name, params):
     b = get_behaviour(name, **params)
-    assert BEHAVIOURS.get(name).omniscient is True
+    assert BEHAVIOURS.get(name).omniscient is True and isinstance(b, Colluding)
     U = updates()
     before = U.clone()
     att = mask(8, [1, 4])
-    out = b.server_stage(U, att, torch.Generator().manual_seed(3))
+    out = b.craft(U, att, torch.Generator().manual_seed(3))
     assert torch.equal(U, before), "U was modified in place"
     assert out.data_ptr() != U.data_ptr()
     assert out.shape == U.shape and out.dtype == U.dtype and out.device == U.device
@@ -74,15 +89,15 @@ def test_server_stage_contract(name, params):
     assert torch.isfinite(out).all()
     assert torch.equal(out[1], out[4]), "colluding attackers send one update"
     assert not torch.allclose(out[1], U[1]), "attacker row not replaced"
-    again = b.server_stage(U, att, torch.Generator().manual_seed(3))
+    again = b.craft(U, att, torch.Generator().manual_seed(3))
     assert torch.equal(out, again)
 
 
 @pytest.mark.parametrize("name,params", OMNISCIENT)
-def test_server_stage_float64_and_single_attacker(name, params):
+def test_craft_float64_and_single_attacker(name, params):
     U = updates(n=6, d=12, seed=1).double()
     att = mask(6, [5])
-    out = get_behaviour(name, **params).server_stage(U, att, torch.Generator())
+    out = get_behaviour(name, **params).craft(U, att, torch.Generator())
     assert out.dtype == torch.float64 and torch.equal(out[:5], U[:5]) and torch.isfinite(out).all()
 
 
@@ -105,7 +120,7 @@ def test_alie_is_mean_minus_z_std_of_the_honest_rows():
     U = updates(n=n, d=20, seed=2)
     att = mask(n, range(0, n, 4)[:f])
     assert int(att.sum()) == f
-    out = get_behaviour("alie").server_stage(U, att, torch.Generator())
+    out = get_behaviour("alie").craft(U, att, torch.Generator())
     H = U[~att].double()
     z = norm.ppf(0.72)
     expected = H.mean(0) - z * H.std(0)
@@ -115,7 +130,7 @@ def test_alie_is_mean_minus_z_std_of_the_honest_rows():
 def test_alie_non_omniscient_uses_only_the_attackers_rows():
     U = updates(n=10, d=16, seed=4)
     att = mask(10, [0, 3, 7])
-    out = get_behaviour("alie", omniscient=False).server_stage(U, att, torch.Generator())
+    out = get_behaviour("alie", knowledge="partial").craft(U, att, torch.Generator())
     A = U[att].double()
     s = (10 // 2 + 1) - 3
     expected = A.mean(0) - norm.ppf((10 - s) / 10) * A.std(0)
@@ -123,14 +138,14 @@ def test_alie_non_omniscient_uses_only_the_attackers_rows():
     # the honest rows play no part: changing them changes nothing
     V = U.clone()
     V[~att] += 5.0
-    out2 = get_behaviour("alie", omniscient=False).server_stage(V, att, torch.Generator())
+    out2 = get_behaviour("alie", knowledge="partial").craft(V, att, torch.Generator())
     assert torch.equal(out2[att], out[att])
 
 
 def test_alie_explicit_z():
     U = updates(n=6, d=5, seed=5)
     att = mask(6, [2])
-    out = get_behaviour("alie", z=1.5).server_stage(U, att, torch.Generator())
+    out = get_behaviour("alie", z=1.5).craft(U, att, torch.Generator())
     H = U[~att].double()
     torch.testing.assert_close(out[2].double(), H.mean(0) - 1.5 * H.std(0), rtol=1e-5, atol=1e-6)
 
@@ -142,7 +157,7 @@ def test_alie_explicit_z():
 def test_ipm_is_minus_epsilon_times_the_honest_mean(eps):
     U = updates(n=7, d=9, seed=6)
     att = mask(7, [0, 6])
-    out = get_behaviour("ipm", epsilon=eps).server_stage(U, att, torch.Generator())
+    out = get_behaviour("ipm", epsilon=eps).craft(U, att, torch.Generator())
     expected = (-eps * U[~att].double().mean(0)).float()
     torch.testing.assert_close(out[0], expected)
     torch.testing.assert_close(out[6], expected)
@@ -168,7 +183,7 @@ def _objective(name, mal, H):
 def test_minmax_minsum_constraint_holds_and_gamma_is_maximal(name, perturbation, scale):
     U = updates(n=10, d=40, seed=7, scale=scale, shift=0.5 * scale)
     att = mask(10, [2, 5])
-    out = get_behaviour(name, perturbation=perturbation).server_stage(U, att, torch.Generator())
+    out = get_behaviour(name, perturbation=perturbation).craft(U, att, torch.Generator())
     H = U[~att].double()
     mu = H.mean(0)
     mal = out[2].double()
@@ -188,7 +203,7 @@ def test_minmax_minsum_constraint_holds_and_gamma_is_maximal(name, perturbation,
 def test_minmax_non_omniscient_uses_the_attackers_rows():
     U = updates(n=10, d=30, seed=8)
     att = mask(10, [0, 1, 2, 3])
-    out = get_behaviour("minmax", perturbation="unit_vec", omniscient=False).server_stage(
+    out = get_behaviour("minmax", perturbation="unit_vec", knowledge="partial").craft(
         U, att, torch.Generator())
     A = U[att].double()
     value, bound = _objective("minmax", out[0].double(), A)
@@ -218,7 +233,7 @@ def trained_pair():
 def test_sign_flip_submits_minus_scale_times_the_update():
     model, G = trained_pair()
     X = {k: v.clone() for k, v in model.state_dict().items()}
-    get_behaviour("sign_flip", scale=2.0).after_train(model, ctx_for(G))
+    finalize(get_behaviour("sign_flip", scale=2.0), model, G)
     S = model.state_dict()
     for k, _ in model.named_parameters():
         torch.testing.assert_close(S[k], G[k] - 2.0 * (X[k] - G[k]))
@@ -229,7 +244,7 @@ def test_sign_flip_submits_minus_scale_times_the_update():
 def test_sign_flip_with_buffers():
     model, G = trained_pair()
     X = {k: v.clone() for k, v in model.state_dict().items()}
-    get_behaviour("sign_flip", include_buffers=True).after_train(model, ctx_for(G))
+    finalize(get_behaviour("sign_flip", include_buffers=True), model, G)
     S = model.state_dict()
     torch.testing.assert_close(S["1.running_mean"], G["1.running_mean"] - 0.5)
     torch.testing.assert_close(S["0.weight"], 2 * G["0.weight"] - X["0.weight"])
@@ -238,7 +253,7 @@ def test_sign_flip_with_buffers():
 def test_gaussian_submits_global_plus_generator_noise():
     model, G = trained_pair()
     X = {k: v.clone() for k, v in model.state_dict().items()}
-    get_behaviour("gaussian", sigma=0.5).after_train(model, ctx_for(G, seed=11))
+    finalize(get_behaviour("gaussian", sigma=0.5), model, G, seed=11)
     S = model.state_dict()
     g = torch.Generator().manual_seed(11)
     for k, p in model.named_parameters():
@@ -246,17 +261,17 @@ def test_gaussian_submits_global_plus_generator_noise():
     assert torch.equal(S["1.running_mean"], X["1.running_mean"])
     # same generator seed -> same submission, another seed -> another one
     m2, _ = trained_pair()
-    get_behaviour("gaussian", sigma=0.5).after_train(m2, ctx_for(G, seed=11))
+    finalize(get_behaviour("gaussian", sigma=0.5), m2, G, seed=11)
     assert all(torch.equal(S[k], m2.state_dict()[k]) for k in S)
     m3, _ = trained_pair()
-    get_behaviour("gaussian", sigma=0.5).after_train(m3, ctx_for(G, seed=12))
+    finalize(get_behaviour("gaussian", sigma=0.5), m3, G, seed=12)
     assert not torch.equal(S["0.weight"], m3.state_dict()["0.weight"])
 
 
 def test_gaussian_noise_scale():
     model = nn.Linear(200, 100)
     G = {k: v.clone() for k, v in model.state_dict().items()}
-    get_behaviour("gaussian", sigma=3.0).after_train(model, ctx_for(G))
+    finalize(get_behaviour("gaussian", sigma=3.0), model, G)
     d = model.weight.detach() - G["weight"]
     assert float(d.std()) == pytest.approx(3.0, rel=0.03)
     assert abs(float(d.mean())) < 0.05
@@ -266,12 +281,11 @@ def test_label_flip_maps_y_to_c_minus_1_minus_y():
     x = torch.rand(10, 1, 8, 8)
     y = torch.arange(10)
     data = TensorData(x, y.clone())
-    out = get_behaviour("label_flip").poison_data(data, ctx_for({}))
+    out = prepare(get_behaviour("label_flip"), data)
     assert torch.equal(out.y, 9 - y)
     assert torch.equal(out.x, x)
     assert torch.equal(data.y, y), "input labels modified in place"
-    out4 = get_behaviour("label_flip").poison_data(TensorData(x[:4], torch.tensor([0, 1, 2, 3])),
-                                                  ctx_for({}, num_classes=4))
+    out4 = prepare(get_behaviour("label_flip"), TensorData(x[:4], torch.tensor([0, 1, 2, 3])), num_classes=4)
     assert out4.y.tolist() == [3, 2, 1, 0]
 
 
@@ -279,8 +293,8 @@ def test_label_flip_fraction_is_deterministic():
     x = torch.rand(20, 1, 8, 8)
     y = torch.arange(20) % 10
     b = BEHAVIOURS.get("label_flip").from_params({"poison_fraction": 0.5})
-    a1 = b.poison_data(TensorData(x, y.clone()), ctx_for({}, seed=1)).y
-    a2 = b.poison_data(TensorData(x, y.clone()), ctx_for({}, seed=1)).y
+    a1 = prepare(b, TensorData(x, y.clone()), seed=1).y
+    a2 = prepare(b, TensorData(x, y.clone()), seed=1).y
     assert torch.equal(a1, a2)
     changed = a1 != y
     assert int(changed.sum()) == 10
@@ -290,7 +304,7 @@ def test_label_flip_fraction_is_deterministic():
 @pytest.mark.parametrize("name,params", [
     ("sign_flip", {"scale": 0}), ("gaussian", {"sigma": -1.0}), ("label_flip", {"poison_fraction": 0}),
     ("alie", {"z": -1.0}), ("ipm", {"epsilon": 0.0}), ("minmax", {"perturbation": "uv"}),
-    ("minsum", {"omniscient": "yes"}),
+    ("minsum", {"knowledge": "yes"}), ("minsum", {"threshold": "mean"}), ("alie", {"knowledge": True}),
 ])
 def test_invalid_params_are_rejected(name, params):
     with pytest.raises(ValueError, match=next(iter(params))):

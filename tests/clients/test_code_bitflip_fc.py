@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fedsec.clients import ClientContext, get_behaviour
+from fedsec.clients import ClientTask, TrainConfig, get_behaviour
 from fedsec.clients.attacks._common import penultimate
 from fedsec.clients.attacks.code_poisoning import mgda_two_task
 from fedsec.clients.training import local_train
@@ -16,17 +16,22 @@ from fedsec.metrics import accuracy, attack_success_rate, predict
 from fedsec.models import build_model
 
 
-def ctx_for(seed=0, num_classes=10):
-    return ClientContext(
+def task_for(model=None, data=None, seed=0, num_classes=10, epochs=1, global_state=None):
+    return ClientTask(
         partition_id=0, server_round=1, num_clients=10, num_sampled=10, num_classes=num_classes,
         in_shape=(1, 8, 8), coalition=(0,), generator=torch.Generator().manual_seed(seed),
-        device=torch.device("cpu"), global_state={},
+        device=torch.device("cpu"), global_state=global_state if global_state is not None else {},
+        model=model if model is not None else torch.nn.Identity(),
+        data=data if data is not None else TensorData(torch.zeros(0, 1, 8, 8), torch.zeros(0, dtype=torch.long)),
+        config=TrainConfig(epochs=epochs, batch_size=32, lr=0.05, momentum=0.9),
     )
 
 
-def train(model, data, behaviour, epochs, seed=0):
-    return local_train(model, data, epochs=epochs, batch_size=32, lr=0.05, momentum=0.9,
-                       weight_decay=0.0, behaviour=behaviour, ctx=ctx_for(seed))
+def train(model, data, behaviour, epochs, seed=0) -> ClientTask:
+    """local_train on a fresh task; returns the task (its state, data and metrics)."""
+    task = task_for(model, data, seed=seed, epochs=epochs)
+    local_train(behaviour, task)
+    return task
 
 
 def fresh_cnn(seed=0):
@@ -53,19 +58,23 @@ def test_code_poisoning_keeps_the_data_but_plants_the_backdoor(digits):
     sub = digits.train.subset(torch.arange(400))
     x0, y0 = sub.x.clone(), sub.y.clone()
     b = get_behaviour("code_poisoning", target=0)
-    assert b.poison_data(sub, ctx_for()) is sub  # the dataset is never touched
-    xb, yb = b.poison_batch(sub.x[:8], sub.y[:8], ctx_for())
+    # the dataset is never touched: prepare and poison_batch are the honest ones
+    assert not {"prepare", "poison_batch"} & type(b).overridden_stages()
+    task = task_for(data=sub)
+    b.prepare(task)
+    assert task.data is sub
+    xb, yb = b.poison_batch(sub.x[:8], sub.y[:8], task)
     assert torch.equal(xb, sub.x[:8]) and torch.equal(yb, sub.y[:8])
     trig = b.eval_triggers((0,))["code_poisoning"]
 
     poisoned, honest = fresh_cnn(1), fresh_cnn(1)
-    train(poisoned, sub, b, epochs=3)
+    done = train(poisoned, sub, b, epochs=3)
     train(honest, sub, get_behaviour("honest"), epochs=3)
     assert torch.equal(sub.x, x0) and torch.equal(sub.y, y0)
     asr_p = attack_success_rate(poisoned, digits.test, trig)
     asr_h = attack_success_rate(honest, digits.test, trig)
     assert asr_p > 0.8 and asr_h < 0.3, (asr_p, asr_h)
-    assert b.last_weights == (0.5, 0.5)
+    assert done.state["last_weights"] == (0.5, 0.5)
 
 
 def _brute_min_norm(g1, g2):
@@ -97,8 +106,9 @@ def test_code_poisoning_mgda_weights_are_the_min_norm_blend(digits, normalize):
     b = get_behaviour("code_poisoning", mgda=True, min_weight=0.05, target=2, mgda_normalize=normalize)
     model = fresh_cnn(2)
     x, y = digits.train.x[:32], digits.train.y[:32]
-    loss = b.loss(model, x, y, ctx_for())
-    a0, a1 = b.last_weights
+    task = task_for(model)
+    loss = b.loss(model, x, y, task)
+    a0, a1 = task.state["last_weights"]
     assert 0.05 <= a0 <= 0.95 and 0.05 <= a1 <= 0.95 and a0 + a1 == pytest.approx(1.0)
     params = list(model.parameters())
     task = F.cross_entropy(model(x), y)
@@ -110,8 +120,9 @@ def test_code_poisoning_mgda_weights_are_the_min_norm_blend(digits, normalize):
     assert a0 == pytest.approx(min(max(mgda_two_task(g1, g2), 0.05), 0.95), rel=1e-5)
     assert float(loss.detach()) == pytest.approx(float((a0 * task + a1 * bd).detach()), rel=1e-5)
     l2 = get_behaviour("code_poisoning", mgda=True, mgda_normalize="l2")
-    l2.loss(model, x, y, ctx_for())
-    assert l2.last_weights[0] == pytest.approx(0.5)  # unit-norm gradients: the bisector
+    task = task_for(model)
+    l2.loss(model, x, y, task)
+    assert task.state["last_weights"][0] == pytest.approx(0.5)  # unit-norm gradients: the bisector
 
 
 def test_code_poisoning_validates():
@@ -123,7 +134,7 @@ def test_code_poisoning_validates():
         get_behaviour("code_poisoning", mgda=True, min_weight=0.5)
     b = get_behaviour("code_poisoning", target=12)
     with pytest.raises(ValueError, match="target"):
-        b.loss(fresh_cnn(), torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.long), ctx_for())
+        b.loss(fresh_cnn(), torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.long), task_for())
 
 
 # -- bit flips ---------------------------------------------------------------------------------
@@ -141,10 +152,13 @@ def _hamming(qa, qb):
     return int(np.unpackbits(x).sum())
 
 
-def _bitflip(model, data, seed=1, **params):
+def _bitflip(model, data, seed=1, global_state=None, **params):
+    """Run the bit search as finalize does: on ``model`` with the client's ``data``; returns (b, metrics)."""
     b = get_behaviour("bitflip", **params)
-    assert b.poison_data(data, ctx_for()) is data
-    return b, b.after_train(model, ctx_for(seed))
+    task = task_for(model, data, seed=seed, global_state=global_state)
+    b.finalize(task)
+    assert task.data is data  # the search reads the data, never replaces it
+    return b, task.metrics
 
 
 def test_bitflip_untargeted_counts_its_flips_and_crushes_accuracy(trained, digits):
@@ -180,20 +194,20 @@ def test_bitflip_is_deterministic_under_the_same_generator(trained, digits):
 
 def test_bitflip_targeted_raises_the_trigger_success(trained, digits):
     model = copy.deepcopy(trained)
+    before = _int8_layers(model)
     b, out = _bitflip(model, digits.train, mode="targeted", target=3, max_flips=8, top_k=3)
     trig = b.eval_triggers((0,))["bitflip"]
     assert attack_success_rate(trained, digits.test, trig) < 0.2
     assert attack_success_rate(model, digits.test, trig) > 0.5
+    after = _int8_layers(model, [s for _, s in before])
+    assert out["flipped_bits"] == sum(_hamming(a, q) for (a, _), (q, _) in zip(before, after))
     assert 1 <= out["flipped_bits"] <= 8
 
 
 def test_bitflip_train_first_false_attacks_the_global_model(trained, digits):
     model = fresh_cnn(7)  # stands for the locally trained weights, which are discarded
-    ctx = ctx_for(1)
-    ctx = ClientContext(**{**ctx.__dict__, "global_state": copy.deepcopy(trained.state_dict())})
-    b = get_behaviour("bitflip", train_first=False, max_flips=2, top_k=1)
-    b.poison_data(digits.train, ctx)
-    out = b.after_train(model, ctx)
+    _, out = _bitflip(model, digits.train, seed=1, global_state=copy.deepcopy(trained.state_dict()),
+                      train_first=False, max_flips=2, top_k=1)
     before = _int8_layers(trained)
     after = _int8_layers(model, [s for _, s in before])
     assert out["flipped_bits"] == 2 == sum(_hamming(a, q) for (a, _), (q, _) in zip(before, after))
@@ -204,7 +218,9 @@ def test_bitflip_random_flips_exactly_that_many_bits(flips, exponent_only):
     model = fresh_cnn(4)
     before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
     b = get_behaviour("bitflip_random", flips=flips, exponent_only=exponent_only)
-    out = b.after_train(model, ctx_for(9))
+    task = task_for(model, seed=9)
+    b.finalize(task)
+    out = task.metrics
     after = torch.cat([p.detach().flatten() for p in model.parameters()])
     x = np.bitwise_xor(before.numpy().view(np.uint32), after.numpy().view(np.uint32))
     bits = np.unpackbits(x.view(np.uint8)).reshape(-1, 4, 8)  # per float: 4 bytes (little endian), MSB first
@@ -220,11 +236,14 @@ def test_feature_collision_poisons_are_clean_label_near_the_base_and_the_target(
     t, t_label = digits.test.x[t_index], int(digits.test.y[t_index])
     base = (t_label + 1) % 10
     b = get_behaviour("feature_collision", target_index=t_index, base_class=base, num_poisons=6)
-    data = b.poison_data(digits.train, ctx_for())
-    x_clean = data.x.clone()
     model = copy.deepcopy(trained)
-    b.loss(model, data.x[:4], data.y[:4], ctx_for())  # first batch: crafts against the received model
-    idx = b.poison_index
+    task = task_for(model, digits.train)
+    b.prepare(task)
+    data = task.data
+    assert data is not digits.train  # the task's own copy
+    x_clean = data.x.clone()
+    b.loss(model, data.x[:4], data.y[:4], task)  # first batch: crafts against the received model
+    idx = task.state["poison_index"]
     assert len(idx) == 6 and bool((digits.train.y[idx] == base).all())
     assert torch.equal(data.y, digits.train.y)  # clean label: no label changes
     changed = (data.x != x_clean).flatten(1).any(1)
@@ -261,12 +280,11 @@ def test_feature_collision_eval_is_one_iff_the_target_is_called_base(trained, di
 def test_feature_collision_validates(digits):
     t_label = int(digits.test.y[0])
     with pytest.raises(ValueError, match="base_class"):
-        get_behaviour("feature_collision", target_index=0, base_class=t_label).poison_data(
-            digits.train, ctx_for())
+        get_behaviour("feature_collision", target_index=0, base_class=t_label).prepare(task_for(data=digits.train))
     with pytest.raises(ValueError, match="target_index"):
-        get_behaviour("feature_collision", target_index=10**6).poison_data(digits.train, ctx_for())
+        get_behaviour("feature_collision", target_index=10**6).prepare(task_for(data=digits.train))
     with pytest.raises(ValueError, match="opacity"):
         get_behaviour("feature_collision", opacity=1.0)
     small = TensorData(torch.zeros(4, 1, 4, 4), torch.ones(4, dtype=torch.long))
     with pytest.raises(ValueError, match="target shape"):
-        get_behaviour("feature_collision", base_class=(t_label + 1) % 10).poison_data(small, ctx_for())
+        get_behaviour("feature_collision", base_class=(t_label + 1) % 10).prepare(task_for(data=small))

@@ -1,4 +1,4 @@
-"""Tests of the ABD plugin (fedsec.plugins.abd): SV, SR, weighting, validation, wiring."""
+"""Tests of the ABD package (fedsec.plugins.abd): SV, SR, weighting, validation, seeding, wiring."""
 
 from __future__ import annotations
 
@@ -130,7 +130,6 @@ def test_head_shuffle_equals_permuting_the_last_conv_output_channels():
     head = channel_head(t, _x(2))
     plain = shuffle_channels(t, 1, generator(3, "s"))
     s = shuffle_channels(t, 1, generator(3, "s"), head=head)
-    conv_t = [m for m in t.modules() if isinstance(m, nn.Conv2d)][-1]
     conv_s = [m for m in s.modules() if isinstance(m, nn.Conv2d)][-1]
     # The conv permutations are drawn first, so they are those of the head-less shuffle.
     assert torch.equal(conv_s.weight, [m for m in plain.modules() if isinstance(m, nn.Conv2d)][-1].weight)
@@ -488,3 +487,132 @@ def test_save_student_records_the_student_architecture(tmp_path: Path):
     x = torch.rand(4, *IN_SHAPE)
     assert torch.equal(rebuilt(x), student(x))
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+# --- One loop, one seed ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kd", ["generator", "ood"])
+def test_plain_kd_is_the_abd_loop_with_both_defences_off(kd):
+    """Plain KD and KD+ABD share one training loop: ABD with SV and SR switched off
+    trains the bitwise-same student as the plain baseline."""
+    t = _cnn(7)
+    kw = dict(in_shape=IN_SHAPE, num_classes=10, make_student=lambda: _cnn(8), **_tiny(kd=kd, sr_start=0.0))
+    plain = distill(t, defended=False, **kw)
+    off = distill(t, defended=True, sv=False, sr=False, **kw)
+    on = distill(t, defended=True, sv=False, sr=True, **kw)
+    assert off.info["mode"] == "abd" and plain.info["mode"] == "kd"
+    assert all(torch.equal(p, q) for p, q in zip(plain.student.parameters(), off.student.parameters()))
+    assert not all(torch.equal(p, q) for p, q in zip(plain.student.parameters(), on.student.parameters()))
+
+
+def test_config_seed_defaults_to_the_run_seed():
+    assert ABDConfig().seed is None
+    assert ABDConfig().seeded(5).seed == 5 and ABDConfig().seeded().seed == 0
+    assert ABDConfig(seed=2).seeded(5).seed == 2
+
+
+def _plugin_students(tmp_path: Path, run_seed: int, **params) -> tuple[dict, list[torch.Tensor]]:
+    from safetensors.torch import load_file
+
+    from fedsec.scenario import load_scenario
+
+    scen = load_scenario(Path(__file__).resolve().parents[2] / "experiments" / "quickstart.toml",
+                         [f"run.seed={run_seed}"])
+    out_dir = tmp_path / f"run{run_seed}-{params.get('seed')}"
+    ctx = PluginContext(scenario=scen, test=_test_set(), num_classes=10, in_shape=IN_SHAPE, run_dir=out_dir,
+                        device=torch.device("cpu"), make_model=lambda: _cnn(9), eval_triggers={"p": _trigger()})
+    out = ABD(**_tiny(sv_select=False, **params)).on_run_end(_cnn(7), ctx)
+    return out, [t for f in ("student_kd.safetensors", "student_kd_abd.safetensors")
+                 for t in load_file(str(out_dir / f)).values()]
+
+
+def test_plugin_seed_derives_from_run_seed_unless_given(tmp_path: Path):
+    """Without its own ``seed`` the plugin is seeded by the scenario's run.seed; with one, run.seed is ignored."""
+    out3, st3 = _plugin_students(tmp_path, 3)
+    out0, st0 = _plugin_students(tmp_path, 0)
+    given, st_given = _plugin_students(tmp_path, 0, seed=3)
+    pinned, st_pinned = _plugin_students(tmp_path, 3, seed=0)
+    assert out3["config"]["seed"] == 3 and out0["config"]["seed"] == 0
+    assert all(torch.equal(a, b) for a, b in zip(st3, st_given))
+    assert all(torch.equal(a, b) for a, b in zip(st0, st_pinned))
+    assert not all(torch.equal(a, b) for a, b in zip(st3, st0))
+
+
+# --- Generator penalty, vaccine probe, SR step, CutMix -------------------------------------
+
+
+def test_malicious_synthesis_worked_by_hand():
+    """R = mean KL(T || T~) over the inputs where T~ agrees with T (phi = 1); None if there are none."""
+    from fedsec.plugins.abd import malicious_synthesis
+
+    t = torch.tensor([[2.0, 0.0], [0.0, 2.0], [1.0, 0.0]])
+    sh = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # phi = 1, 0, 0
+    p = torch.softmax(t[0], 0)
+    q = torch.softmax(sh[0], 0)
+    expected = float((p * (p / q).log()).sum())
+    assert float(malicious_synthesis(t, sh)) == pytest.approx(expected, rel=1e-6)
+    all_one = torch.tensor([[0.0, 1.0]] * 3)  # agrees with row 1 only
+    p1, q1 = torch.softmax(t[1], 0), torch.softmax(all_one[1], 0)
+    assert float(malicious_synthesis(t, all_one)) == pytest.approx(float((p1 * (p1 / q1).log()).sum()), rel=1e-6)
+    assert malicious_synthesis(t[[0, 2]], torch.tensor([[0.0, 1.0], [0.0, 1.0]])) is None
+
+
+def test_vaccine_observes_the_first_probe_batches_then_selects_once():
+    from fedsec.plugins.abd import Vaccine
+
+    cfg = ABDConfig(sv_probe_steps=3, sv_select=False, sv_layers=1, sv_ensemble=1)
+    vac = Vaccine(_cnn(1), cfg, generator(0, "v"))
+    vac.observe(_x(4, 1))
+    vac.observe(_x(4, 2))
+    assert vac.model is None and vac.trials == 0
+    vac.observe(_x(4, 3))
+    assert vac.model is not None and vac.trials == 1
+    chosen = vac.model
+    vac.observe(_x(4, 4))
+    assert vac.model is chosen and vac.trials == 1
+
+
+def test_sr_student_step_adds_the_hypergradient_to_the_kd_gradient():
+    """The step's gradient is grad(kd_loss) + sr_coef * sr_hypergradient, computed here
+    independently on a copy with the same generator stream (lr 0 keeps the parameters)."""
+    from fedsec.plugins.abd import sr_student_step
+
+    s = _cnn(2).train()
+    x = _x(16)
+    target = _cnn(3)(x).detach()
+    cfg = ABDConfig(sr_portion=0.5, sr_fp_iters=2, sr_n_delta=2, sr_coef=0.5)
+
+    def kd_loss(model):
+        return kl_per_sample(target, model(x)).mean()
+
+    ref = copy.deepcopy(s)
+    g_ref = generator(0, "sr-step")
+    delta = sr_find_delta(ref, x, cfg, g_ref)
+    hyper, outer_ref = sr_hypergradient(ref, x, delta, cfg, g_ref)
+    kd_grads = torch.autograd.grad(kd_loss(ref), list(ref.parameters()))
+    outer = sr_student_step(s, torch.optim.SGD(s.parameters(), lr=0.0), x, lambda: kd_loss(s), cfg,
+                            generator(0, "sr-step"))
+    assert outer == pytest.approx(outer_ref)
+    for p, k, h in zip(s.parameters(), kd_grads, hyper):
+        assert torch.allclose(p.grad, k + 0.5 * h, atol=1e-6)
+    assert any(float(h.abs().max()) > 0 for h in hyper)  # the SR term is not zero
+
+
+def test_cutmix_pastes_one_box_from_a_permutation_of_the_batch():
+    from fedsec.plugins.abd import cutmix
+
+    x = torch.arange(6 * 2 * 8 * 8, dtype=torch.float32).view(6, 2, 8, 8)
+    before = x.clone()
+    for seed in range(5):
+        out = cutmix(x, 1.0, generator(seed, "cutmix"))
+        assert torch.equal(x, before)  # the input is not modified
+        changed = (out != x).any(0).any(0)  # (H, W) pixels changed in some image/channel
+        if not changed.any():
+            continue
+        rows, cols = changed.any(1).nonzero().flatten(), changed.any(0).nonzero().flatten()
+        box = (slice(int(rows.min()), int(rows.max()) + 1), slice(int(cols.min()), int(cols.max()) + 1))
+        assert bool(changed[box].all())  # the changed pixels form one rectangle
+        src = [next(j for j in range(6) if torch.equal(out[i, :, box[0], box[1]], x[j, :, box[0], box[1]]))
+               for i in range(6)]
+        assert sorted(src) == list(range(6))  # its content is a permutation of the batch's boxes

@@ -16,22 +16,23 @@ from fedsec.models import build_model
 from fedsec.plugins import PLUGINS, PluginContext
 from fedsec.plugins.watermark import (
     Watermark,
-    apply_blend,
-    apply_patch,
     auto_gamma,
     blend_pattern,
     magnitude_prune,
+    perturbed_parameters,
     project_gamma_ball,
     train_supervised,
     trojan_square,
 )
+from fedsec.plugins.watermark.inject import adversary
 from fedsec.seeding import scoped_seed
 
 torch.set_num_threads(1)
 
 # A tiny, fast configuration (a few seconds on one core).
 TINY = dict(n_surrogate=400, n_verify_ood=100, epochs=12, perturb_epochs=3, batch_size=64,
-            patch_size=4, attack_epochs=2, control_epochs=15, attacks=["FT-AL", "Pruning-50%"])
+            patch_size=4, attack_epochs=2, control_epochs=15, attacks=["FT-AL", "Pruning-50%"],
+            panel_size=99, null_keys=20)
 
 
 @pytest.fixture(scope="module")
@@ -127,33 +128,51 @@ def test_auto_gamma_scales_with_model(digits):
 def test_adversarial_perturbation_stays_in_ball(victim, digits):
     wm = Watermark(gamma=0.05, n_surrogate=64)
     m = victim
-    from fedsec.plugins.watermark import perturbed_parameters
-
+    names = [n for n, p in m.named_parameters() if p.dim() > 1]
     pert = perturbed_parameters(m)
     before = [p.detach().clone() for p in pert]
     x = wm.surrogate(digits.in_shape)
     soft = torch.softmax(m(x), 1).detach()
     pb = torch.zeros(len(x), dtype=torch.bool)
     pb[:8] = True
-    v = wm._adversary(m, pert, x, soft, pb, 0.05, 0.05)
-    for vl, p, b in zip(v, pert, before):
-        assert float(vl.norm()) <= 0.05 * float(p.detach().norm()) * (1 + 1e-5)
-        assert float(vl.norm()) > 0
-        assert torch.equal(p.detach(), b)  # weights restored after the v-step
+    v = adversary(m, names, x, soft, pb, gamma=0.05, adv_lr=0.05, steps=1, temperature=0.5, beta=6.0)
+    assert list(v) == names
+    for n, p, b in zip(names, pert, before):
+        assert float(v[n].norm()) <= 0.05 * float(p.detach().norm()) * (1 + 1e-5)
+        assert float(v[n].norm()) > 0
+        assert torch.equal(p.detach(), b)  # the v-step never writes the weights
 
 
 # -- triggers, pruning ------------------------------------------------------------------
 
 
-def test_triggers():
-    x = torch.zeros(2, 1, 8, 8)
+def test_triggers_match_the_pre_refactor_stamping():
+    # the trojan patch and the blend now go through fedsec.data.triggers.Trigger; the pixels
+    # are those of the former apply_patch / apply_blend (re-derived here)
+    x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     pat = trojan_square(4, 1)
-    y = apply_patch(x, pat)
-    assert torch.equal(y[..., -4:, -4:], pat.expand(2, 1, 4, 4))
-    assert float(y[..., :4, :].abs().sum()) == 0 and float(x.abs().sum()) == 0
-    bp = blend_pattern((1, 8, 8), seed=0)
-    assert torch.equal(bp, blend_pattern((1, 8, 8), seed=0))
-    assert torch.allclose(apply_blend(x, bp, 0.2), 0.2 * bp.expand(2, 1, 8, 8))
+    y = Watermark(trigger="patch", patch_size=4).trigger_fn((1, 8, 8))(x)
+    ref = x.clone()
+    ref[..., -4:, -4:] = pat
+    assert torch.equal(y, ref)
+    bp = blend_pattern((1, 8, 8), seed=3)
+    assert torch.equal(bp, blend_pattern((1, 8, 8), seed=3))
+    yb = Watermark(trigger="blend", blend_alpha=0.2, seed=3).trigger_fn((1, 8, 8))(x)
+    assert torch.allclose(yb, (1 - 0.2) * x + 0.2 * bp, atol=1e-7)
+    assert not torch.equal(yb, x)
+
+
+def test_keyed_patch_is_a_square_drawn_from_the_seed():
+    x = torch.full((3, 1, 8, 8), 0.5)
+    y = Watermark(patch_size=4, seed=5).trigger_fn((1, 8, 8))(x)
+    changed = (y != x).any(0)[0]
+    rows, cols = changed.nonzero(as_tuple=True)
+    assert int(rows.max() - rows.min()) <= 3 and int(cols.max() - cols.min()) <= 3
+    assert set(y[y != x].unique().tolist()) <= {0.0, 1.0}
+    again = Watermark(patch_size=4, seed=5).trigger_fn((1, 8, 8))(x)
+    other = Watermark(patch_size=4, seed=6).trigger_fn((1, 8, 8))(x)
+    assert torch.equal(y, again) and not torch.equal(y, other)
+    assert float(x.sum()) == 3 * 64 * 0.5  # input untouched
 
 
 def test_magnitude_prune_fraction(digits):
@@ -170,19 +189,21 @@ def test_magnitude_prune_fraction(digits):
 
 def test_pvalue_small_on_watermarked_large_on_clean(injected, victim, digits):
     wm, w, log = injected
-    verify, attacker = wm.split(digits.test)
-    trig = wm.trigger_fn(digits.in_shape)
-    x_ood = wm.surrogate(digits.in_shape, verify=True)
-    r_wm = wm.measure(w, victim, verify, x_ood, trig)
+    _, attacker = wm.split(digits.test)
+    ver = wm.verifier(digits.test, digits.in_shape)
+    r_wm = wm.measure(w, victim, ver)
     control = wm.train_control(lambda: make_cnn(digits), attacker)
-    r_clean = wm.measure(control, victim, verify, x_ood, trig)
-    r_orig = wm.measure(victim, victim, verify, x_ood, trig)
+    r_clean = wm.measure(control, victim, ver)
+    r_orig = wm.measure(victim, victim, ver)
     assert r_wm["p_value"] < 1e-3
     assert r_clean["p_value"] > 0.01 and r_orig["p_value"] > 0.01
     assert r_wm["wsr_ood"] > 0.5 > r_orig["wsr_ood"]
     assert r_wm["acc"] >= r_orig["acc"] - 0.05
     assert log["gamma"] == pytest.approx(auto_gamma(victim))
     assert r_orig["p_ttest"] == 1.0  # the original against itself
+    # the ownership decision: the watermarked model ranks first among the controls
+    assert r_wm["p_panel"] == pytest.approx(1 / (wm.panel_size + 1)) and r_wm["claimed"]
+    assert not r_clean["claimed"] and not r_orig["claimed"]
 
 
 def test_inject_leaves_model_untouched_and_is_deterministic(victim, digits, injected):
@@ -208,13 +229,15 @@ def test_on_run_end_reports_everything(victim, digits, tmp_path):
     res = wm.on_run_end(victim, _ctx(digits, tmp_path))
     json.dumps(res, allow_nan=True)  # JSON-serialisable
     for k in ("original", "watermarked", "control"):
-        assert {"acc", "wsr_id", "wsr_ood", "p_value", "p_ttest"} <= set(res[k])
+        assert {"acc", "wsr_id", "wsr_ood", "p_value", "p_ttest", "p_panel", "claimed"} <= set(res[k])
+    assert res["watermarked"]["claimed"] and not res["control"]["claimed"]
+    assert 0 <= res["control"]["null"]["panel"] <= 1 and res["control"]["null"]["keys"] == TINY["null_keys"]
     assert set(res["attacks"]) == {"FT-AL", "Pruning-50%"}
     assert res["attacks"]["FT-AL"]["p_value"] < 0.01
     assert math.isfinite(res["acc_drop"])
     table = (tmp_path / "watermark.md").read_text()
     assert (tmp_path / "watermarked.safetensors").is_file()
-    assert "FT-AL" in table and "negative control" in table
+    assert "FT-AL" in table and "negative control" in table and "not claimed" in table
 
 
 def test_every_round_reembeds_from_round(victim, digits):
@@ -235,7 +258,8 @@ def test_every_round_reembeds_from_round(victim, digits):
     [("at", "start"), ("trigger", "sig"), ("gamma", 2.0), ("gamma", "big"), ("poison_ratio", 0.0),
      ("epochs", 0), ("lr", -1.0), ("target", -1), ("blend_alpha", 1.5), ("momentum", 1.0),
      ("verify_fraction", 1.0), ("attacks", ["FT-XX"]), ("perturb", "yes"), ("n_surrogate", 2.5),
-     ("from_round", 0), ("epochs", True)],
+     ("from_round", 0), ("epochs", True), ("alpha", 0.0), ("panel_size", 50), ("panel_on", "both"),
+     ("negative_ratio", 0.95), ("seed", -1), ("null_keys", -1)],
 )
 def test_constructor_validation(field, value):
     with pytest.raises(ValueError) as e:

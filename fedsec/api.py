@@ -14,15 +14,21 @@ def run(
     overrides: list[str] | None = None,
     output: str | Path | None = None,
     progress: Progress | None = None,
+    resume: str | Path | None = None,
 ) -> FederationResult:
     """Run a federation; ``scenario`` is a :class:`Scenario` or a TOML path.
+
+    ``resume``: a run directory to continue from its last checkpoint (``scenario`` is
+    then ignored and may be None: the run directory's own scenario.toml is used).
 
     Returns the per-round ``history`` (the rows of metrics.jsonl), the
     ``summary``, the final global ``model`` and the ``run_dir``.
     """
     from fedsec.federation import ENGINES
 
-    if not isinstance(scenario, Scenario):
+    if resume is not None:
+        scenario = load_scenario(Path(resume) / "scenario.toml")
+    elif not isinstance(scenario, Scenario):
         scenario = load_scenario(scenario, overrides)
     elif overrides:
         from fedsec.scenario import parse_value
@@ -31,7 +37,7 @@ def run(
     holder: list[FederationResult] = []
 
     def main(grid, context) -> None:
-        holder.append(run_server(grid, scenario, output=output, progress=progress))
+        holder.append(run_server(grid, scenario, output=output, progress=progress, resume=resume))
 
     import logging
 

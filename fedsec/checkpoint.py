@@ -102,7 +102,13 @@ def _is_int(x: Any) -> bool:
 def _read_header(f, path: Path, what: str) -> _Header:
     size = os.fstat(f.fileno()).st_size
     head = f.read(8)
-    foreign = _sniff_foreign(head)
+    # A safetensors length field can start with the same bytes as a pickle (0x80 0x03 is a
+    # 896-byte header), so a file whose length field fits and whose header opens with '{'
+    # is safetensors whatever its first bytes look like.
+    n_field = int.from_bytes(head, "little") if len(head) == 8 else -1
+    plausible = 0 < n_field <= min(MAX_HEADER_BYTES, size - 8) and f.read(1) == b"{"
+    f.seek(8)
+    foreign = None if plausible else _sniff_foreign(head)
     if foreign is not None:
         pickled = "pickle" in foreign or "torch.save" in foreign
         why = ("fedsec never unpickles a file, because unpickling runs whatever code the file "

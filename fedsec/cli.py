@@ -67,15 +67,17 @@ def load_scenario_with_imports(path: Path, overrides: list[str], imports: list[s
 
 @app.command()
 def run(
-    scenario: Annotated[Path, typer.Argument(help="scenario TOML file")],
+    scenario: Annotated[Optional[Path], typer.Argument(help="scenario TOML file (not with --resume)")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a field: KEY=VALUE")] = None,
     output: Annotated[Optional[Path], typer.Option(help="parent directory of the run directory")] = None,
     engine: Annotated[Optional[str], typer.Option(help="override run.engine")] = None,
     import_: Annotated[Optional[list[str]], typer.Option(
         "--import", help="a module registering your own components (repeatable; added to run.imports "
                          "so every engine's workers import it too)")] = None,
+    resume: Annotated[Optional[Path], typer.Option(
+        help="continue the run in this run directory from its last checkpoint")] = None,
 ) -> None:
-    """Run a federation and write its run directory."""
+    """Run a federation and write its run directory (or continue one with --resume)."""
     import logging
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -87,8 +89,15 @@ def run(
     overrides = list(set_ or [])
     if engine:
         overrides.append(f'run.engine="{engine}"')
+    if (scenario is None) == (resume is None):
+        console.print("[red]error:[/] give a scenario file or --resume RUN_DIR (not both)")
+        raise typer.Exit(2)
+    if resume is not None and (overrides or import_):
+        console.print("[red]error:[/] --resume continues the run's own scenario.toml: no --set/--engine/--import")
+        raise typer.Exit(2)
     try:
-        s = load_scenario_with_imports(scenario, overrides, import_ or [])
+        s = (load_scenario_with_imports(scenario, overrides, import_ or []) if resume is None
+             else load_scenario(resume / "scenario.toml"))
     except ScenarioError as e:
         console.print(f"[red]invalid scenario:[/] {e}")
         raise typer.Exit(2) from None
@@ -120,7 +129,8 @@ def run(
                           str(len(row["malicious"])), str(len(row["failed"])), f"{row['seconds']:.2f}")
             console.print(f"round {row['round']:>3}  clean_acc {_fmt(row['clean_acc'])}  asr {asr}")
 
-        result = run_federation(s, output=output, progress=Hooks(on_round_end=on_round_end, on_reply=on_reply))
+        result = run_federation(s, output=output, resume=resume,
+                                progress=Hooks(on_round_end=on_round_end, on_reply=on_reply))
     console.print(table)
     console.print(f"final clean accuracy: [bold]{result.summary['final_clean_acc']:.4f}[/]")
     for k, v in result.summary.get("final_asr", {}).items():

@@ -282,6 +282,10 @@ class RunConfig:
     imports: list[str] = field(default_factory=list)
     """Modules that register the user's own components (rules, behaviours, plugins, ...);
     imported by every process that reads the scenario, before it is validated."""
+    checkpoint_every: int = 0
+    """Write ``checkpoint.safetensors`` (global model, round, rule and plugin state) every k
+    rounds; 0 = automatic: after a round whenever the time since the last checkpoint is at
+    least 20x what that checkpoint cost (so checkpoints take under 5% of the run)."""
 
     def validate(self, path: str) -> None:
         from fedsec.federation import ENGINES
@@ -292,6 +296,8 @@ class RunConfig:
         _check(self.num_cpus > 0, f"{path}.num_cpus", self.num_cpus, "a number > 0")
         _check(self.num_gpus >= 0, f"{path}.num_gpus", self.num_gpus, "a number >= 0")
         _check(self.threads >= 1, f"{path}.threads", self.threads, "an integer >= 1")
+        _check(self.checkpoint_every >= 0, f"{path}.checkpoint_every", self.checkpoint_every,
+               "an integer >= 0 (0 = automatic)")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -120,9 +120,6 @@ class Aggregator:
         X = _check_updates(type(self).__name__, U)
         n = X.shape[0]
         w = _check_weights(type(self).__name__, weights, n, X)
-        extra = {}
-        if self.needs_reference:
-            extra["reference"] = _check_reference(type(self).__name__, reference, X)
         finite = finite_rows(X)
         n_ok = int(finite.sum())
         if n_ok == 0:
@@ -136,6 +133,9 @@ class Aggregator:
             w = None if w is None else w.index_select(0, rows)
         if w is not None and not bool(w.sum() > 0):
             raise ValueError(f"{type(self).__name__}: the weights of the finite clients sum to 0")
+        extra = {}
+        if self.needs_reference:
+            extra["reference"] = _check_reference(type(self).__name__, reference, X)
         res = self.aggregate(X, w, generator=generator, rows=rows, **extra)
         vector = res.vector.to(dtype=torch.float32, device=U.device)
         accepted = res.accepted.to(dtype=torch.bool, device=U.device)

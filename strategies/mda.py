@@ -44,24 +44,24 @@ class MDA(Aggregator):
                   the count (no silent approximation).
 
     Cost. Finding S* is a max-clique-type problem (NP-hard in general); the
-    rule enumerates all C(n, f) subsets (equivalently, the f clients left out),
-    each costing O((n-f)^2) comparisons on the n x n distance matrix, which is
-    computed once (O(n^2 d)). So the time is O(n^2 d + C(n, f) n^2): instant for
-    n = 20, f = 4 (4,845 subsets), about a second for n = 30, f = 6 (593,775),
-    out of reach for n = 100, f = 20 (5.4e20). Hence ``max_subsets``
-    (default 1e6).
+    rule enumerates all C(n, f) subsets, each costing O((n-f)^2) comparisons
+    on the n x n distance matrix, which is computed once (O(n^2 d)): time
+    O(n^2 d + C(n, f) n^2). Measured on a shared 2-core CPU with random
+    1000-d updates: n=20, f=4 (4,845 subsets) 0.1 s; n=25, f=5 (53,130)
+    1.1 s; n=30, f=6 (593,775) 16 s; n=100, f=20 (5.4e20) is out of reach.
+    Hence ``max_subsets`` (default 100,000: a few seconds at most).
 
     The average over S* is weighted by the example counts when given (the
-    paper's plain average otherwise). Ties between subsets of equal diameter go
-    to the first subset in lexicographic order of client indices (as ByzFL),
-    a choice that only matters in non-generic inputs.
+    paper's plain average otherwise). Subsets of equal diameter (frequent: the
+    diameter is one pair's distance) are ranked by their sum of pairwise
+    distances, then lexicographically by client index (ByzFL's order).
     accepted = S*; scores = each client's distance to the farthest member of S*
     (its own diameter contribution).
     """
 
     name = "mda"
     f: int = 0
-    max_subsets: int = 1_000_000
+    max_subsets: int = 100_000
 
     def validate(self) -> None:
         owner = self.name
@@ -86,29 +86,35 @@ class MDA(Aggregator):
 
 def minimum_diameter_subset(D: torch.Tensor, f: int) -> torch.Tensor:
     """(n,) bool mask of the n - f points of smallest diameter under the distance
-    matrix D; exhaustive over the left-out f-subsets, first minimum in
-    lexicographic order of the kept indices."""
+    matrix D; exhaustive over the subsets.
+
+    Equal diameters are common, not a corner case: the diameter is one pair's
+    distance, shared by every subset that keeps that pair and drops the farther
+    points. Such ties go to the smaller sum of pairwise distances (a content rule,
+    so the choice does not depend on client order), then to the first subset in
+    lexicographic order of client indices (ByzFL's choice, left for exact ties)."""
     n = D.shape[0]
     if f == 0:
         return torch.ones(n, dtype=torch.bool, device=D.device)
-    best_diam = math.inf
+    best_key = (math.inf, math.inf)
     best = None
     chunk = max(1, _CHUNK_ELEMS // (n * n))
     combos = itertools.combinations(range(n), n - f)   # lexicographic
-    rows = None
+    zero = torch.zeros((), dtype=D.dtype, device=D.device)
     while True:
         block = list(itertools.islice(combos, chunk))
         if not block:
             break
         members = torch.tensor(block, dtype=torch.long, device=D.device)   # (m, n - f)
-        if rows is None or rows.shape[0] != len(block):
-            rows = torch.arange(len(block), device=D.device)[:, None]
+        rows = torch.arange(len(block), device=D.device)[:, None]
         kept = torch.zeros(len(block), n, dtype=torch.bool, device=D.device)
         kept[rows, members] = True
-        pair = kept[:, :, None] & kept[:, None, :]
-        diam = torch.where(pair, D[None], torch.zeros((), dtype=D.dtype, device=D.device)).flatten(1).amax(1)
-        j = int(torch.argmin(diam))      # first minimum within the block
-        if float(diam[j]) < best_diam:   # strict: an earlier block keeps ties
-            best_diam = float(diam[j])
+        within = torch.where(kept[:, :, None] & kept[:, None, :], D[None], zero).flatten(1)
+        diam, total = within.amax(1), within.sum(1)
+        low = diam == diam.min()
+        j = int(torch.argmin(torch.where(low, total, torch.full_like(total, math.inf))))
+        key = (float(diam[j]), float(total[j]))
+        if key < best_key:               # strict: an earlier block keeps exact ties
+            best_key = key
             best = kept[j].clone()
     return best

@@ -99,8 +99,10 @@ def alie_z(n: int, m: int) -> float:
     (s <= 0).
     """
     s = math.floor(n / 2 + 1) - m
-    q = min(max((n - s) / n, 0.5), 1 - 1e-6)
-    return NormalDist().inv_cdf(q)  # PHASE1
+    if s <= 0:  # the attackers are a majority on their own
+        return _Z_CAP
+    q = (n - m - s) / (n - m)
+    return NormalDist().inv_cdf(min(max(q, 0.5), 1 - 1e-6))
 
 
 @register_behaviour("alie")
@@ -234,7 +236,7 @@ class MinSum(_Shejwalkar):
     """Min-Sum: sum of squared distances to benign updates <= the smallest benign one
     (``threshold = "max"``: the largest) (simulates a colluding omniscient adversary)."""
 
-    threshold: str = "max"  # PHASE1
+    threshold: str = "min"
     """Bound on sum_i ||nabla_m - nabla_i||^2: 'min' (authors' code) or 'max' over benign i of
     sum_j ||nabla_i - nabla_j||^2."""
 

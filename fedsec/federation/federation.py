@@ -33,6 +33,7 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 from torch import nn
 
+from fedsec.federation import checkpointing
 from fedsec.federation.env import dataset_of, device_of, initial_state, new_model
 from fedsec.metrics import EvalTrigger, attack_success_rate, detection, evaluate
 from fedsec.scenario import Scenario
@@ -165,7 +166,7 @@ class Federation:
     """One run of a scenario on a Flower ``Grid`` (see the module docstring)."""
 
     def __init__(self, scenario: Scenario, *, output: str | Path | None = None,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, resume: str | Path | None = None) -> None:
         from fedsec.clients import BEHAVIOURS
         from fedsec.federation.recorder import Recorder
         from fedsec.plugins import PLUGINS, PluginContext
@@ -181,7 +182,8 @@ class Federation:
         # Behaviours are stateless, so one object per attack entry serves every round.
         self.adversaries = [(a, b) for a in s.attack
                             if (b := BEHAVIOURS.get(a.behaviour).from_params(a.params)).omniscient]
-        self.recorder = Recorder(s, output if output is not None else s.run.output, self.toml)
+        self.recorder = (Recorder.resume(s, resume, self.toml) if resume is not None
+                         else Recorder(s, output if output is not None else s.run.output, self.toml))
         self.plugins = [(p.name, PLUGINS.get(p.name)(**p.params)) for p in s.plugins]
         self.plugin_ctx = PluginContext(
             scenario=s, test=self.eval_set, num_classes=data.num_classes, in_shape=data.in_shape,
@@ -192,6 +194,41 @@ class Federation:
         self.model = new_model(s).to(self.device)
         self.state: dict[str, torch.Tensor] = initial_state(s)
         self.strategy = None
+        self.start_round = 1
+        self.initial: dict[str, Any] | None = None
+        self._parts = checkpointing.stateful_parts(self.rule, self.plugins)
+        self._last_ckpt = (0.0, 0.0)  # (time written, seconds it took)
+        if resume is not None:
+            self._restore(Path(resume))
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, *, progress: Progress | None = None) -> Federation:
+        """Continue the run in ``run_dir`` from its last checkpoint (same scenario, same results)."""
+        from fedsec.scenario import load_scenario
+
+        return cls(load_scenario(Path(run_dir) / "scenario.toml"), progress=progress, resume=run_dir)
+
+    def _restore(self, run_dir: Path) -> None:
+        if (run_dir / checkpointing.CHECKPOINT).is_file():
+            done, self.state, self.initial = checkpointing.load(run_dir, model_state=self.state,
+                                                                parts=self._parts)
+        else:  # stopped before its first checkpoint: start over in the same directory
+            done = 0
+        self.recorder.writer.truncate_to_round(done)
+        self.start_round = done + 1
+
+    def checkpoint(self, rnd: int) -> None:
+        checkpointing.save(self.recorder.path, round=rnd, state=self.state, initial=self.initial or {},
+                           parts=self._parts)
+
+    def _maybe_checkpoint(self, rnd: int) -> None:
+        every = self.scenario.run.checkpoint_every
+        now = time.perf_counter()
+        written, cost = self._last_ckpt
+        due = rnd % every == 0 if every else (written == 0.0 or now - written >= 20 * cost)
+        if due or rnd == self.scenario.server.rounds:
+            self.checkpoint(rnd)
+            self._last_ckpt = (time.perf_counter(), time.perf_counter() - now)
 
     # -- the loop --------------------------------------------------------------------------
     def run(self, grid: Grid) -> FederationResult:
@@ -211,11 +248,12 @@ class Federation:
             min_train_nodes=1,
             min_available_nodes=s.data.num_clients,
         )
-        initial = self._evaluate()
-        self.progress.extra["initial"] = initial
-        self.recorder.start(initial)
+        if self.initial is None:
+            self.initial = self._evaluate()
+        self.progress.extra["initial"] = self.initial
+        self.recorder.start(self.initial)
         try:
-            for rnd in range(1, s.server.rounds + 1):
+            for rnd in range(self.start_round, s.server.rounds + 1):
                 outcome = self.step(grid, rnd)
                 row = self.recorder.record(outcome)
                 if self.progress.on_round_end:
@@ -223,6 +261,7 @@ class Federation:
                 if not outcome.replied:
                     first = outcome.failed[0][1] if outcome.failed else "no reply"
                     raise FederationError(f"all {len(outcome.sampled)} clients failed in round {rnd}: {first}")
+                self._maybe_checkpoint(rnd)
         except BaseException as e:
             self.recorder.fail(e)
             raise
@@ -317,6 +356,7 @@ class Federation:
 
 
 def run_server(grid: Grid, scenario: Scenario, *, output: str | Path | None = None,
-               progress: Progress | None = None) -> FederationResult:
-    """The ServerApp main of every engine: build a :class:`Federation` and run it."""
-    return Federation(scenario, output=output, progress=progress).run(grid)
+               progress: Progress | None = None, resume: str | Path | None = None) -> FederationResult:
+    """The ServerApp main of every engine: build a :class:`Federation` and run it
+    (``resume``: continue the run in that directory from its last checkpoint)."""
+    return Federation(scenario, output=output, progress=progress, resume=resume).run(grid)

@@ -29,6 +29,14 @@ class Recorder:
             self.writer.write_env({"device": scenario.run.device, "engine": scenario.run.engine})
         self.initial: dict[str, Any] | None = None
 
+    @classmethod
+    def resume(cls, scenario: Scenario, path: str | Path, toml_text: str) -> Recorder:
+        """Reopen ``path`` (a run directory of this scenario) to continue writing it."""
+        self = cls.__new__(cls)
+        self.scenario, self.toml, self.initial = scenario, toml_text, None
+        self.writer = RunWriter.resume(path)
+        return self
+
     @property
     def path(self) -> Path:
         return self.writer.path

@@ -141,7 +141,7 @@ def digits_task_factory(
             partition_id=partition_id, server_round=1, num_clients=max(coalition) + 1,
             num_sampled=num_sampled, num_classes=splits.num_classes, in_shape=splits.in_shape,
             coalition=coalition, generator=torch.Generator().manual_seed(seed), device=torch.device("cpu"),
-            global_state=_snapshot(init), model=net, data=TensorData(data.x, data.y),
+            global_state=_snapshot(init), model=net, data=TensorData(data.x.clone(), data.y.clone()),
             config=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum),
         )
 

@@ -104,15 +104,50 @@ def test_craft_float64_and_single_attacker(name, params):
 # -- ALIE ---------------------------------------------------------------------------------------
 
 
+def _alie_z_reference(n, m):
+    """Baruch et al.'s z_max, straight from the paper's symbols (scipy's normal quantile)."""
+    s = (n // 2 + 1) - m  # correct workers the attackers need on their side
+    if s <= 0:
+        return norm.ppf(1 - 1e-6)
+    return max(norm.ppf((n - m - s) / (n - m)), 0.0)  # s of the n - m correct workers beyond mu - z sigma
+
+
 def test_alie_z_matches_the_paper_formula():
     from fedsec.clients.attacks.omniscient import alie_z
 
-    # n = 50, f = 12: s = floor(50/2 + 1) - 12 = 14, z = Phi^-1((50 - 14) / 50) = Phi^-1(0.72)
-    assert alie_z(50, 12) == pytest.approx(norm.ppf(0.72), abs=1e-6)
-    assert alie_z(50, 12) == pytest.approx(0.5828, abs=1e-4)
-    for n, f in [(10, 2), (20, 4), (100, 20), (7, 1)]:
-        s = (n // 2 + 1) - f
-        assert alie_z(n, f) == pytest.approx(norm.ppf((n - s) / n), abs=1e-6)
+    # n = 50, m = 12: s = floor(50/2 + 1) - 12 = 14, z = Phi^-1((50 - 12 - 14) / (50 - 12)) = Phi^-1(24/38)
+    assert alie_z(50, 12) == pytest.approx(norm.ppf(24 / 38), abs=1e-6)
+    assert alie_z(50, 12) == pytest.approx(0.3360, abs=1e-4)  # was Phi^-1(36/50) = 0.5828
+    # n = 100, m = 20: s = 31, Phi^-1(49/80); n = 100, m = 45: s = 6, Phi^-1(49/55)
+    assert alie_z(100, 20) == pytest.approx(0.2858, abs=1e-4)
+    assert alie_z(100, 45) == pytest.approx(1.2314, abs=1e-4)
+    # too few attackers to deviate at all (quantile <= 1/2): the benign mean
+    assert alie_z(10, 2) == 0.0 and alie_z(6, 2) == 0.0 and alie_z(10, 1) == 0.0
+    # no correct worker needed (s <= 0): the cap
+    assert alie_z(4, 3) == pytest.approx(norm.ppf(1 - 1e-6), abs=1e-6)
+    for n in range(2, 60):
+        for m in range(0, n + 1):
+            assert alie_z(n, m) == pytest.approx(_alie_z_reference(n, m), abs=1e-6), (n, m)
+
+
+def test_alie_z_grows_with_the_number_of_attackers():
+    from fedsec.clients.attacks.omniscient import alie_z
+
+    for n in (10, 25, 50, 100):
+        zs = [alie_z(n, m) for m in range(0, n // 2 + 1)]
+        assert zs == sorted(zs), (n, zs)
+
+
+def test_alie_hand_worked_ten_clients_two_attackers():
+    # n = 10, m = 2: s = 4 of the 8 correct workers must lie beyond the malicious value, so it
+    # sits at their mean (z = 0). Honest rows 1..8: mean 4.5 (the old z = Phi^-1(0.6) = 0.2533
+    # gave 4.5 - 0.2533 * sqrt(6) = 3.880).
+    U = torch.tensor([[0.0], [0.0]] + [[float(v)] for v in range(1, 9)])
+    att = mask(10, [0, 1])
+    out = get_behaviour("alie").craft(U, att, torch.Generator())
+    assert out[0].item() == pytest.approx(4.5, abs=1e-6) and out[1].item() == pytest.approx(4.5, abs=1e-6)
+    old = get_behaviour("alie", z=norm.ppf(0.6)).craft(U, att, torch.Generator())
+    assert old[0].item() == pytest.approx(4.5 - 0.2533 * 6**0.5, abs=1e-3)
 
 
 def test_alie_is_mean_minus_z_std_of_the_honest_rows():
@@ -122,24 +157,31 @@ def test_alie_is_mean_minus_z_std_of_the_honest_rows():
     assert int(att.sum()) == f
     out = get_behaviour("alie").craft(U, att, torch.Generator())
     H = U[~att].double()
-    z = norm.ppf(0.72)
+    z = norm.ppf(24 / 38)
     expected = H.mean(0) - z * H.std(0)
     torch.testing.assert_close(out[att][0].double(), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_alie_non_omniscient_uses_only_the_attackers_rows():
+def test_alie_partial_knowledge_uses_only_the_attackers_rows():
     U = updates(n=10, d=16, seed=4)
     att = mask(10, [0, 3, 7])
     out = get_behaviour("alie", knowledge="partial").craft(U, att, torch.Generator())
     A = U[att].double()
-    s = (10 // 2 + 1) - 3
-    expected = A.mean(0) - norm.ppf((10 - s) / 10) * A.std(0)
+    s = (10 // 2 + 1) - 3  # 3; z = Phi^-1((10 - 3 - 3) / (10 - 3)) = Phi^-1(4/7)
+    expected = A.mean(0) - norm.ppf(4 / 7) * A.std(0)
     torch.testing.assert_close(out[0].double(), expected, rtol=1e-5, atol=1e-6)
+    assert s == 3
     # the honest rows play no part: changing them changes nothing
     V = U.clone()
     V[~att] += 5.0
     out2 = get_behaviour("alie", knowledge="partial").craft(V, att, torch.Generator())
     assert torch.equal(out2[att], out[att])
+
+
+def test_the_old_omniscient_parameter_is_an_error_naming_it():
+    # renamed to `knowledge`: a field called `omniscient` would shadow the protocol's class flag
+    with pytest.raises(TypeError, match="'omniscient'.*valid: .*knowledge"):
+        get_behaviour("alie", omniscient=False)
 
 
 def test_alie_explicit_z():
@@ -168,22 +210,26 @@ def test_ipm_is_minus_epsilon_times_the_honest_mean(eps):
 # -- MinMax / MinSum ------------------------------------------------------------------------------
 
 
-def _objective(name, mal, H):
+def _objective(name, mal, H, threshold="min"):
     """(value, bound) of the constraint of Shejwalkar & Houmansadr (squared distances)."""
     d = sq_dists(mal, H)
     P = pairwise_sq(H)
     if name == "minmax":
         return d.max(), P.max()
-    return d.sum(), P.sum(1).max()
+    sums = P.sum(1)
+    return d.sum(), (sums.min() if threshold == "min" else sums.max())
 
 
-@pytest.mark.parametrize("name", ["minmax", "minsum"])
+CONSTRAINED = [("minmax", {}), ("minsum", {}), ("minsum", {"threshold": "max"})]
+
+
+@pytest.mark.parametrize("name, extra", CONSTRAINED)
 @pytest.mark.parametrize("perturbation", ["unit_vec", "std", "sign"])
 @pytest.mark.parametrize("scale", [1.0, 0.01])
-def test_minmax_minsum_constraint_holds_and_gamma_is_maximal(name, perturbation, scale):
+def test_minmax_minsum_constraint_holds_and_gamma_is_maximal(name, extra, perturbation, scale):
     U = updates(n=10, d=40, seed=7, scale=scale, shift=0.5 * scale)
     att = mask(10, [2, 5])
-    out = get_behaviour(name, perturbation=perturbation).craft(U, att, torch.Generator())
+    out = get_behaviour(name, perturbation=perturbation, **extra).craft(U, att, torch.Generator())
     H = U[~att].double()
     mu = H.mean(0)
     mal = out[2].double()
@@ -193,14 +239,71 @@ def test_minmax_minsum_constraint_holds_and_gamma_is_maximal(name, perturbation,
     assert float(step.norm()) > 1e-3 * scale, "gamma = 0: the attack degenerated to the mean"
     cos = float(step @ p / (step.norm() * p.norm()))
     assert cos == pytest.approx(1.0, abs=1e-5)
-    value, bound = _objective(name, mal, H)
+    value, bound = _objective(name, mal, H, extra.get("threshold", "min"))
     assert float(value) <= float(bound) * (1 + 1e-5)
-    # maximal: 0.1% more gamma breaks the constraint
-    value_up, _ = _objective(name, mu + 1.001 * step, H)
+    # maximal: 0.1% more gamma, or 4 tau (the search's absolute tolerance, 1e-5), breaks it
+    gamma = float(step.norm() / p.norm())
+    up = max(1.001 * gamma, gamma + 4e-5)
+    value_up, _ = _objective(name, mu + up * p, H, extra.get("threshold", "min"))
     assert float(value_up) > float(bound)
 
 
-def test_minmax_non_omniscient_uses_the_attackers_rows():
+def test_minsum_hand_worked_one_dimension():
+    # Benign 0, 2, 5, 9: mean 4, distances to it 4, 2, 1, 5. Since
+    # sum_i (m - x_i)^2 = k (m - mu)^2 + S and sum_j (x_i - x_j)^2 = k (x_i - mu)^2 + S,
+    # Min-Sum moves the mean by min_i |x_i - mu| = 1 (authors' code) or max_i = 5 (the old bound).
+    U = torch.tensor([[7.0], [0.0], [2.0], [5.0], [9.0], [7.0]])
+    att = mask(6, [0, 5])
+    new = get_behaviour("minsum", perturbation="unit_vec").craft(U, att, torch.Generator())
+    old = get_behaviour("minsum", perturbation="unit_vec", threshold="max").craft(U, att, torch.Generator())
+    assert new[0].item() == pytest.approx(3.0, abs=1e-4)  # mu - 1 * mu/|mu|
+    assert old[0].item() == pytest.approx(-1.0, abs=1e-4)  # mu - 5 * mu/|mu|
+    assert torch.equal(new[0], new[5]) and torch.equal(new[1:5], U[1:5])
+
+
+@pytest.mark.parametrize("threshold", ["min", "max"])
+@pytest.mark.parametrize("perturbation", ["unit_vec", "std", "sign"])
+def test_minsum_moves_the_mean_by_the_extreme_benign_distance(threshold, perturbation):
+    """Independent closed form: ||nabla_m - mu|| = min_i (or max_i) ||nabla_i - mu||."""
+    U = updates(n=12, d=30, seed=9)
+    att = mask(12, [0, 7, 11])
+    out = get_behaviour("minsum", perturbation=perturbation, threshold=threshold).craft(U, att, torch.Generator())
+    H = U[~att].double()
+    mu = H.mean(0)
+    r = (H - mu).norm(dim=1)
+    expected = r.min() if threshold == "min" else r.max()
+    assert float((out[0].double() - mu).norm()) == pytest.approx(float(expected), rel=1e-4)
+
+
+def _authors_min_sum(benign, deviation, gamma=10.0, threshold_diff=1e-5):
+    """The search of the authors' our_attack_score (NDSS21-Model-Poisoning), re-derived:
+    accept lambda while sum of squared distances <= the minimum benign score."""
+    mu = benign.mean(0)
+    scores = torch.cdist(benign, benign).pow(2).sum(1)
+    lam, lam_fail, lam_succ = gamma, gamma, 0.0
+    while abs(lam_succ - lam) > threshold_diff:
+        if float((benign - (mu - lam * deviation)).norm(dim=1).pow(2).sum()) <= float(scores.min()):
+            lam_succ = lam
+            lam = lam + lam_fail / 2
+        else:
+            lam = lam - lam_fail / 2
+        lam_fail = lam_fail / 2
+    return mu - lam_succ * deviation
+
+
+@pytest.mark.parametrize("perturbation", ["unit_vec", "std", "sign"])
+def test_minsum_matches_the_authors_search(perturbation):
+    U = updates(n=10, d=25, seed=11)
+    att = mask(10, [3, 4])
+    H = U[~att].double()
+    mu = H.mean(0)
+    dev = {"unit_vec": mu / mu.norm(), "std": H.std(0), "sign": torch.sign(mu)}[perturbation]
+    ref = _authors_min_sum(H, dev)
+    out = get_behaviour("minsum", perturbation=perturbation).craft(U, att, torch.Generator())
+    torch.testing.assert_close(out[3].double(), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_minmax_partial_knowledge_uses_the_attackers_rows():
     U = updates(n=10, d=30, seed=8)
     att = mask(10, [0, 1, 2, 3])
     out = get_behaviour("minmax", perturbation="unit_vec", knowledge="partial").craft(

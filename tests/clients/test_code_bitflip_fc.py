@@ -112,7 +112,7 @@ def test_code_poisoning_mgda_weights_are_the_min_norm_blend(digits, normalize):
     assert 0.05 <= a0 <= 0.95 and 0.05 <= a1 <= 0.95 and a0 + a1 == pytest.approx(1.0)
     params = list(model.parameters())
     task = F.cross_entropy(model(x), y)
-    bd = F.cross_entropy(model(b.params.trigger.apply(x)), torch.full_like(y, 2))
+    bd = F.cross_entropy(model(b.trigger.apply(x)), torch.full_like(y, 2))
     g1 = torch.autograd.grad(task, params, retain_graph=True)
     g2 = torch.autograd.grad(bd, params, retain_graph=True)
     if normalize == "loss":
@@ -288,3 +288,38 @@ def test_feature_collision_validates(digits):
     small = TensorData(torch.zeros(4, 1, 4, 4), torch.ones(4, dtype=torch.long))
     with pytest.raises(ValueError, match="target shape"):
         get_behaviour("feature_collision", base_class=(t_label + 1) % 10).prepare(task_for(data=small))
+
+
+def test_feature_collision_through_local_train_keeps_labels_and_reports(digits):
+    data = digits.train.subset(torch.arange(200))
+    x0, y0 = data.x.clone(), data.y.clone()
+    b = get_behaviour("feature_collision", base_class=1, target_index=0, num_poisons=5, iterations=20)
+    task = train(fresh_cnn(5), data, b, epochs=1)
+    assert torch.equal(data.x, x0) and torch.equal(data.y, y0)  # the caller's data is untouched
+    assert torch.equal(task.data.y, y0)  # clean label: every label stays
+    idx = task.state["poison_index"]
+    assert len(idx) == 5 and bool((task.data.y[idx] == 1).all())
+    assert not torch.equal(task.data.x[idx], x0[idx])  # the bases were replaced by the poisons
+    assert torch.equal(task.data.x[idx], task.state["poisons"])
+    assert float(task.data.x.min()) >= 0 and float(task.data.x.max()) <= 1
+    assert task.metrics["poisons"] == 5.0 and task.metrics["feature_distance"] > 0
+    assert task.state["pending"] is False  # crafted once, at the first batch
+
+
+# -- parameter validation -------------------------------------------------------------------------
+BAD_VALUES = [
+    ("bitflip", {"mode": "both"}, "mode"), ("bitflip", {"max_flips": -1}, "max_flips"),
+    ("bitflip", {"top_k": 0}, "top_k"), ("bitflip", {"train_first": "yes"}, "train_first"),
+    ("bitflip", {"attack_batch": 0}, "attack_batch"), ("bitflip", {"stop_asr": 0}, "stop_asr"),
+    ("bitflip_random", {"flips": -2}, "flips"), ("bitflip_random", {"exponent_only": 1}, "exponent_only"),
+    ("code_poisoning", {"task_weight": 1.5}, "task_weight"), ("code_poisoning", {"min_weight": 0.5}, "min_weight"),
+    ("code_poisoning", {"mgda": "yes"}, "mgda"),
+    ("feature_collision", {"num_poisons": 0}, "num_poisons"), ("feature_collision", {"opacity": 1.0}, "opacity"),
+    ("feature_collision", {"iterations": -1}, "iterations"), ("feature_collision", {"lr": 0}, "lr"),
+]
+
+
+@pytest.mark.parametrize("name, params, field", BAD_VALUES)
+def test_bad_values_name_the_field_and_value(name, params, field):
+    with pytest.raises(ValueError, match=f"^{field}: got {params[field]!r}"):
+        get_behaviour(name, **params)

@@ -5,20 +5,22 @@ import math
 import numpy as np
 import pytest
 import torch
+from agg_helpers import with_reference
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedsec.strategies import AGGREGATORS, Aggregator, get_aggregator, register_aggregator
 
 KW = {"krum": {"f": 2}, "multikrum": {"f": 2}, "bulyan": {"f": 2}, "trimmed_mean": {"f": 2},
-      "filtering": {"eps": 0.2}, "spectral": {"eps": 0.2}, "norm_clip": {"M": 5.0}}
+      "filtering": {"eps": 0.2}, "spectral": {"eps": 0.2}, "norm_clip": {"M": 5.0},
+      "dnc": {"f": 2}, "mda": {"f": 2}, "meamed": {"f": 2}}
 NAMES = AGGREGATORS.names()
 TRANSLATION_EQUIVARIANT = ["mean", "median", "trimmed_mean", "geomed", "krum", "multikrum", "bulyan",
                            "filtering", "spectral", "centered_clip", "mad"]
 
 
 def rule(name, **extra):
-    return get_aggregator(name, **{**KW.get(name, {}), **extra})
+    return with_reference(get_aggregator(name, **{**KW.get(name, {}), **extra}))
 
 
 def sample(n=12, d=30, seed=0):

@@ -264,3 +264,24 @@ def load_state(path: str | Path, *, expected: dict[str, torch.Tensor] | None = N
         return loaded
     _compare(loaded, expected, p, what)
     return {k: loaded[k] for k in expected}
+
+
+def load_model(path: str | Path, *, what: str = "model", device: str | torch.device = "cpu"):
+    """A model file fedsec wrote (a run's model, a student, a watermarked or crafted model)
+    -> ``(scenario, model)``.
+
+    The file's ``scenario`` metadata (TOML text) rebuilds the architecture; the
+    tensors are checked against it. The one "checkpoint -> scenario -> model" path of
+    the project (CLI ``distill``/``audit``, plugins, experiment scripts).
+    """
+    from fedsec.federation.env import new_model, scenario_from_toml
+
+    p = Path(path)
+    text = read_metadata(p, what=what).get("scenario", "")
+    if not text:
+        raise _fail(what, p, "has no 'scenario' in its metadata, so its architecture is unknown "
+                             "(fedsec writes it into every model file)")
+    scenario = scenario_from_toml(text)
+    model = new_model(scenario)
+    model.load_state_dict(load_state(p, expected=model.state_dict(), what=what))
+    return scenario, model.to(device)

@@ -256,6 +256,37 @@ def distill(
 
 
 @app.command()
+def audit(
+    model: Annotated[Path, typer.Argument(help="model (.safetensors) written by a run or plugin, e.g. runs/<run>/model.safetensors")],
+    detector: Annotated[str, typer.Option(help="neural_cleanse, fine_pruning, activation_clustering, spectral_signatures, frequency")],
+    param: Annotated[Optional[list[str]], typer.Option("--param", help="detector parameter KEY=VALUE (repeatable)")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="scenario TOML or run directory giving the data (default: the one embedded in MODEL)")] = None,
+    partition: Annotated[Optional[int], typer.Option(help="data detectors: audit this client's round-1 data (default: the whole train split)")] = None,
+    server_fraction: Annotated[float, typer.Option(help="part of the test split used as the clean set; the rest measures accuracy/ASR")] = 0.5,
+    seed: Annotated[int, typer.Option()] = 0,
+    out: Annotated[Optional[Path], typer.Option(help="write the verdict here (JSON); images go beside it")] = None,
+) -> None:
+    """Audit a saved model (or its training data) with a backdoor detector; prints the JSON verdict."""
+    from fedsec.audit.runner import run_audit
+    from fedsec.scenario import ScenarioError, parse_override
+
+    try:
+        params = dict(parse_override(item, "--param", "passes=50") for item in param or [])
+        res = run_audit(model, detector, params, data=data, partition=partition, server_fraction=server_fraction,
+                        seed=seed, out_dir=out.parent if out is not None else None,
+                        prefix=f"{out.stem}." if out is not None else "")
+    except (ScenarioError, KeyError, TypeError, ValueError, FileNotFoundError) as e:
+        console.print(f"[red]{e.args[0] if isinstance(e, KeyError) and e.args else e}[/]")
+        raise typer.Exit(2) from None
+    text = res.to_json()
+    typer.echo(text)
+    if out is not None:
+        from fedsec.results import atomic_write
+
+        atomic_write(out, text + "\n")
+
+
+@app.command()
 def bench(
     sweep: Annotated[Path, typer.Argument(help="sweep TOML file (format: fedsec/bench/spec.py, experiments/bench/README.md)")],
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="cells run at once, as Ray tasks when > 1 ($RAY_ADDRESS joins a cluster)")] = 1,

@@ -16,7 +16,6 @@ a results folder.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -363,24 +362,8 @@ def read_run(path: str | Path) -> dict[str, Any]:
 
 
 def plot_history(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-    import matplotlib
+    """The run's figures: ``curves.png`` (:func:`fedsec.report.write_curves`; round 0 and the
+    title come from ``out_dir``'s summary.json and scenario.toml when they are there)."""
+    from fedsec.report import write_curves
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rounds = [r["round"] for r in rows]
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot(rounds, [r["clean_acc"] for r in rows], marker="o", label="clean accuracy")
-    for trig in sorted({k for r in rows for k in r.get("asr", {})}):
-        ax.plot(rounds, [r["asr"].get(trig) for r in rows], marker="x", ls="--", label=f"ASR {trig}")
-    ax.set_xlabel("round")
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(out_dir) / "accuracy.png"
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write(out, buf.getvalue())
-    return [out]
+    return [write_curves(rows, out_dir)]

@@ -286,6 +286,11 @@ class RunConfig:
     """Write ``checkpoint.safetensors`` (global model, round, rule and plugin state) every k
     rounds; 0 = automatic: after a round whenever the time since the last checkpoint is at
     least 20x what that checkpoint cost (so checkpoints take under 5% of the run)."""
+    vectorize: bool = False
+    """Train each round's plain-SGD clients (honest, data-poisoning behaviours) together in one
+    ``torch.func`` pass (fedsec.federation.vectorized), the others one by one; engines
+    ``inline`` and ``ray`` (per actor, a chunk of clients). Same model to float tolerance,
+    not bitwise."""
 
     def validate(self, path: str) -> None:
         from fedsec.federation import ENGINES
@@ -298,6 +303,10 @@ class RunConfig:
         _check(self.threads >= 1, f"{path}.threads", self.threads, "an integer >= 1")
         _check(self.checkpoint_every >= 0, f"{path}.checkpoint_every", self.checkpoint_every,
                "an integer >= 0 (0 = automatic)")
+        if _check(isinstance(self.vectorize, bool), f"{path}.vectorize", self.vectorize, "true or false"):
+            _check(not self.vectorize or self.engine in ("inline", "ray"), f"{path}.vectorize", self.vectorize,
+                   f"false with run.engine = {self.engine!r} (Flower's runtime runs one client per message; "
+                   "vectorized clients need engine 'inline' or 'ray')")
 
 
 @dataclass(frozen=True, kw_only=True)

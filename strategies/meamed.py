@@ -68,17 +68,20 @@ def mean_around_median(X: torch.Tensor, f: int) -> torch.Tensor:
 
 
 def _meamed_block(B: torch.Tensor, f: int) -> torch.Tensor:
-    """In a sorted column the n - f values nearest the median form a contiguous window
-    s[a : a + n - f] (0 <= a <= f); it is the window whose farther end is nearest the
-    median. argmin takes the first minimum, so ties go to the lower values."""
+    """In a sorted column s the distances |s - med| fall then rise, so the k = n - f
+    values nearest the median form a window s[a : a + k]. With r* the k-th smallest
+    distance, every value closer than r* must be in it and the values at exactly r*
+    fill the rest, lower ones first: a = max(lo, q - k), lo = #{values below
+    med - r*}, q = the end of the values closer than r* (and of those at r* below med)."""
     n = B.shape[0]
     k = n - f
     s = torch.sort(B, dim=0).values
     med = coordinate_median(B)
-    starts = torch.arange(f + 1, device=B.device)
-    lo = s[starts]                       # (f+1, b): the window's smallest value
-    hi = s[starts + k - 1]               # (f+1, b): its largest
-    reach = torch.maximum(med - lo, hi - med)
-    a = torch.argmin(reach, dim=0)       # (b,)
+    dist = (s - med).abs()
+    r = torch.kthvalue(dist, k, dim=0).values
+    left = s < med
+    lo = ((dist > r) & left).sum(dim=0)
+    q = lo + ((dist == r) & left).sum(dim=0) + (dist < r).sum(dim=0)
+    a = torch.maximum(lo, q - k)
     idx = a[None, :] + torch.arange(k, device=B.device)[:, None]
     return torch.gather(s, 0, idx).mean(dim=0)

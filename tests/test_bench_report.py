@@ -113,7 +113,9 @@ def test_results_csv_appends_worst_case_rows_after_one_row_per_cell():
         assert math.isclose(float(by_rule[agg]["final_clean_acc"]), per_rule[agg].value, rel_tol=1e-5)
         assert f"final_clean_acc={per_rule[agg].at}" in by_rule[agg]["worst_of"].split()
         assert (by_rule[agg]["malicious_fraction"], by_rule[agg]["alpha"]) == ("0.2", "0.5")
-    assert by_rule["mean"]["final_asr"] == "0.95" and "final_asr=badnets" in by_rule["mean"]["worst_of"]
+    # one attack has a trigger: its ASR is no worst case to choose, so none is written
+    assert by_rule["mean"]["final_asr"] == "" and "final_asr=" not in by_rule["mean"]["worst_of"]
+    assert by_attack["badnets"]["final_asr"] == "0.95" and "final_asr=mean" in by_attack["badnets"]["worst_of"]
     assert float(by_attack["ipm"]["final_clean_acc"]) == pytest.approx(0.25)
 
 

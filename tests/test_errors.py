@@ -77,7 +77,7 @@ def test_a_missing_torchvision_dataset_names_the_fields(tmp_path):
     with pytest.raises(DatasetMissing) as e:
         load_dataset("mnist", str(tmp_path / "empty"))
     msg = str(e.value)
-    assert msg.startswith("data.dataset = 'mnist': torchvision MNIST is not under data.root = ")
+    assert msg.startswith("data.dataset = 'mnist': torchvision's MNIST not found under data.root=")
     assert "empty" in msg and "data.download = true" in msg and "\n" not in msg
 
 

@@ -165,3 +165,37 @@ def test_flwr_run_local_simulation(tmp_path):
         _stop(_pids_with(marker) + _pids_with(f"127.0.0.1:{port}"))
         print(f"flwr run: {time.time() - t0:.1f}s")
     assert not [p for p in _pids_with(marker) if _alive(p)], "local SuperLink still running"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FLWR.exists(), reason="no flwr CLI next to the interpreter")
+def test_flwr_run_user_components(tmp_path):
+    """A user's rule, behaviour and plugin named in run.imports run under `flwr run .`.
+
+    The user's module lives outside the app; the SuperLink (and so its ServerApp and
+    ClientApp processes) finds it on PYTHONPATH, as on a real deployment where the
+    user's package is installed next to fedsec.
+    """
+    from tests.test_extensions import _check_run, _user_dir
+
+    d = _user_dir(tmp_path, "inline")
+    flwr_home = tmp_path / "flwr-home"
+    port, control_port = _free_port(), _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(
+        PYTHONPATH=str(d), FLWR_HOME=str(flwr_home),
+        FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(port), FLWR_LOCAL_CONTROL_API_PORT=str(control_port),
+        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", FLWR_TELEMETRY_ENABLED="0",
+        FLWR_DISABLE_UPDATE_CHECK="1", PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    )
+    cmd = [str(FLWR), "run", ".", "--stream", "--federation-config", "num-supernodes=4",
+           "--run-config", f'scenario="{d / "s.toml"}" output="{d / "runs"}"']
+    marker = f"--port {port} "
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+        log = _ansi_free(proc.stdout + proc.stderr)
+        assert proc.returncode == 0, log[-4000:]
+        assert "Exit Code:" not in log and "Simulation raised an exception" not in log, log[-4000:]
+        _check_run(d)
+    finally:
+        _stop(_pids_with(marker) + _pids_with(f"127.0.0.1:{port}"))

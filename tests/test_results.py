@@ -129,10 +129,11 @@ def test_files_follow_the_umask(tmp_path, mask):
         w.write_summary({"x": 1})
         w.write_model({"a": torch.zeros(2)})
         w.write_env()
-        w.write_plots()
+        plots = w.write_plots()
     finally:
         os.umask(old)
-    files = ["scenario.toml", METRICS, "summary.json", "model.safetensors", "env.json", "accuracy.png"]
+    files = ["scenario.toml", METRICS, "summary.json", "model.safetensors", "env.json", *(p.name for p in plots)]
+    assert plots
     for name in files:
         assert stat.S_IMODE((w.path / name).stat().st_mode) == 0o666 & ~mask, name
     assert stat.S_IMODE(w.path.stat().st_mode) == 0o777 & ~mask

@@ -1,5 +1,9 @@
 """Built-in attacks; each module registers its behaviours on import.
 
+Every behaviour is a frozen keyword-only dataclass (its fields are its
+hyperparameters) overriding the stages of :mod:`fedsec.clients.base`; what one
+client call carries between stages lives in ``task.state``.
+
 ========================  ==========================================================
 name                      module
 ========================  ==========================================================
@@ -13,7 +17,7 @@ feature_collision         :mod:`fedsec.clients.attacks.feature_collision`
 label_flip                :mod:`fedsec.clients.attacks.label_flip`
 sign_flip                 :mod:`fedsec.clients.attacks.sign_flip`
 gaussian                  :mod:`fedsec.clients.attacks.gaussian`
-alie, ipm, minmax, minsum :mod:`fedsec.clients.attacks.omniscient` (omniscient, server stage)
+alie, ipm, minmax, minsum :mod:`fedsec.clients.attacks.omniscient` (Colluding: ``craft``)
 ========================  ==========================================================
 """
 

@@ -17,7 +17,10 @@ coefficients. It is then applied to data with triggers it never saw.
 
 As a data detector: trained on ``target.clean`` (the defender's clean set),
 it scores every sample of ``target.data``; ``removed`` are those with
-P(triggered) > ``threshold``. ``score`` is the fraction removed; the data is
+P(triggered) > ``threshold`` (0.5, the paper's decision), or, with ``target_fpr``
+> 0, above the threshold that removes that fraction of held-out clean images
+(a calibration fedsec adds: trained on a few hundred images the classifier is
+well ranked but not calibrated). ``score`` is the fraction removed; the data is
 ``flagged`` when it exceeds ``flag_fraction``; ``target`` is the most common
 label among the removed samples. The figures include the classifier's own
 true/false positive rates on held-out clean images (``val_fraction`` of the
@@ -146,6 +149,10 @@ class FrequencyDetector(Detector):
     """Channels of the classifier's first conv layer (the ``cnn`` of the model zoo)."""
     val_fraction: float = 0.2
     threshold: float = 0.5
+    """P(triggered) above which a sample is removed (the paper's argmax), unless ``target_fpr`` > 0."""
+    target_fpr: float = 0.0
+    """If > 0: the threshold is instead the (1 - target_fpr) quantile of P(triggered) on the held-out
+    clean images, so about this fraction of clean samples is removed (needs ``val_fraction`` > 0)."""
     flag_fraction: float = 0.05
 
     def __post_init__(self) -> None:
@@ -170,6 +177,10 @@ class FrequencyDetector(Detector):
                     "a number in [0, 1)")
         self._check(is_num(self.threshold) and 0 < self.threshold < 1, "threshold", self.threshold,
                     "a number in (0, 1)")
+        self._check(is_num(self.target_fpr) and 0 <= self.target_fpr < 1, "target_fpr", self.target_fpr,
+                    "a number in [0, 1) (0 = use threshold)")
+        self._check(self.target_fpr == 0 or self.val_fraction > 0, "target_fpr", self.target_fpr,
+                    "0 when val_fraction is 0 (the calibration needs held-out clean images)")
         self._check(is_num(self.flag_fraction) and 0 <= self.flag_fraction < 1, "flag_fraction",
                     self.flag_fraction, "a number in [0, 1)")
 
@@ -215,12 +226,16 @@ class FrequencyDetector(Detector):
         val, train = clean[perm[:n_val]], clean[perm[n_val:]]
         clf = self.fit(train, g, target.device)
         figures: dict[str, Any] = {"n_train_clean": len(train), "n_val": n_val}
+        threshold = self.threshold
         if n_val:
             p_clean, p_trig = clf.prob(val), clf.prob(self.self_made(val, g))
-            figures["val_fpr"] = float((p_clean > self.threshold).float().mean())
-            figures["val_tpr"] = float((p_trig > self.threshold).float().mean())
+            if self.target_fpr > 0:
+                threshold = float(torch.quantile(p_clean.double(), 1 - self.target_fpr))
+            figures["val_fpr"] = float((p_clean > threshold).float().mean())
+            figures["val_tpr"] = float((p_trig > threshold).float().mean())
+        figures["threshold_used"] = threshold
         prob = clf.prob(data.x)
-        removed = prob > self.threshold
+        removed = prob > threshold
         frac = float(removed.float().mean())
         flagged = frac > self.flag_fraction
         suspect = int(torch.mode(data.y.cpu()[removed]).values) if flagged else None

@@ -23,7 +23,7 @@ the other detectors: each label's share of variance on its top direction,
 direction; ``score`` is the largest label's anomaly index of that share
 against the labels' median and MAD (the Neural Cleanse statistic, upper
 side), ``flagged`` when it exceeds ``threshold`` (2) and ``target`` is that
-label. Its false-positive rate on clean data is measured in
+label; with fewer than ``min_labels`` (5) audited labels there is no verdict. Its false-positive rate on clean data is measured in
 ``experiments/plugins/audit.md``.
 """
 
@@ -61,8 +61,12 @@ class SpectralSignatures(Detector):
     threshold: float = 2.0
     """Anomaly index of the top-direction variance share above which the data is flagged."""
     min_samples: int = 10
+    min_labels: int = 5
+    """Fewer audited labels than this: no verdict (a median and MAD of fewer values are not robust)."""
 
     def __post_init__(self) -> None:
+        self._check(is_int(self.min_labels) and self.min_labels >= 3, "min_labels", self.min_labels,
+                    "an integer >= 3")
         self._check(is_num(self.eps) and 0 < self.eps <= 2 / 3, "eps", self.eps, "a number in (0, 2/3]")
         self._check(is_num(self.threshold) and self.threshold > 0, "threshold", self.threshold, "a number > 0")
         self._check(is_int(self.min_samples) and self.min_samples >= 3, "min_samples", self.min_samples,
@@ -86,7 +90,7 @@ class SpectralSignatures(Detector):
             per_class[c] = {"n": len(idx), "top_share": float(s[0] ** 2) / energy if energy > 0 else 0.0,
                             "top_singular_value": float(s[0])}
         labels = list(per_class)
-        if len(labels) >= 3:
+        if len(labels) >= self.min_labels:
             index = anomaly_index(torch.tensor([per_class[c]["top_share"] for c in labels]), side="high")
             for c, v in zip(labels, index.tolist()):
                 per_class[c]["anomaly_index"] = v

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from fedsec.bench.records import (attacked_labels, group_records, higher_is_better, seed_means, varying_axes,
+from fedsec.bench.records import (group_records, higher_is_better, seed_means, varying_axes, with_choice,
                                   worst_per_rule)
 from fedsec.results import atomic_write
 
@@ -80,7 +80,7 @@ def _heatmap(plt: Any, rows: list[dict], metric: str, title: str, aggs: list[str
     data = [[means[a, g][0] if (a, g) in means else math.nan for g in aggs] for a in labels]
     notes = [[f"{means[a, g][1]}/{means[a, g][2]}" if (a, g) in means and means[a, g][1] < means[a, g][2]
               else "" for g in aggs] for a in labels]
-    per_rule = worst_per_rule(rows, metric, attacks, aggs) if len(attacked_labels(rows, attacks)) >= 2 else {}
+    per_rule = with_choice(worst_per_rule(rows, metric, attacks, aggs))
     if per_rule:
         labels = [*labels, "worst attack"]
         data.append([per_rule[g].value if g in per_rule else math.nan for g in aggs])
@@ -139,7 +139,7 @@ def _curves(plt: Any, rows: list[dict], att: str, aggs: list[str], where: str) -
             ax.plot(ts, mean, marker=".", color=c, label=a, linewidth=1.3)
             if len(mine) > 1:
                 ax.fill_between(ts, [max(0.0, m - s) for m, s in zip(mean, std)],
-                                [min(1.0, m + s) for m, s in zip(mean, std)], color=c, alpha=0.15, linewidth=0)
+                                [min(1.0, m + s) for m, s in zip(mean, std)], color=c, alpha=0.15 if len(aggs) <= 6 else 0.07, linewidth=0)
     for ax, lab in zip(axs[0], ("clean accuracy", "attack success rate (highest trigger)")):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlim(-0.2, max(1, last_round) + 0.2)

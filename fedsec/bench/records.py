@@ -98,7 +98,6 @@ def mean_std(values: list[float]) -> tuple[float, float | None]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
-
 # -- the worst case over attacks (ByzFL's way of ranking rules) ---------------------------------
 
 _LOWER_IS_BETTER = ("final_asr", "max_asr", "det_fpr")
@@ -198,6 +197,12 @@ def worst_per_attack(rows: list[dict[str, Any]], metric: str, attacks: list[str]
         if w is not None:
             out[a] = w
     return out
+
+
+def with_choice(per: dict[str, Worst]) -> dict[str, Worst]:
+    """``per`` when some entry was chosen among two or more labels, else {}: the worst of a single
+    attack (or rule) is that row (column) itself, not worth a row of its own."""
+    return per if any(w.total >= 2 for w in per.values()) else {}
 
 
 def best_rule(per_rule: dict[str, Worst], metric: str) -> str | None:

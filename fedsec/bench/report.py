@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from fedsec.bench.plots import write_plots
-from fedsec.bench.records import (Worst, attacked_labels, best_rule, collect, group_records, mean_std,
-                                  varying_axes, worst_per_attack, worst_per_rule)
+from fedsec.bench.records import (Worst, best_rule, collect, group_records, mean_std, varying_axes, with_choice,
+                                  worst_per_attack, worst_per_rule)
 from fedsec.results import atomic_write
 
 METRICS = {
@@ -25,6 +25,10 @@ METRICS = {
     "det_fpr": "detection false-positive rate (mean over rounds)",
 }
 
+WORST = "worst-case"
+"""The ``status`` of results.csv's summary rows, and their ``attack`` (worst attack per rule) or
+``aggregator`` (worst rule per attack)."""
+
 
 def _fmt(v: Any) -> str:
     if v is None:
@@ -34,21 +38,10 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-WORST = "worst-case"
-"""The ``status`` of results.csv's summary rows, and their ``attack`` (worst attack per rule) or
-``aggregator`` (worst rule per attack)."""
-
-
 def _metric_columns(records: list[dict[str, Any]]) -> list[str]:
     triggers = sorted({k.split(".", 1)[1] for r in records for k in r if k.startswith("max_asr.")})
     return ["final_clean_acc", "final_asr", "max_asr", *[f"final_asr.{t}" for t in triggers],
             *[f"max_asr.{t}" for t in triggers], "det_precision", "det_recall", "det_fpr"]
-
-
-def _shows_worst(rows: list[dict], attacks: list[str], aggregators: list[str]) -> tuple[bool, bool]:
-    """(worst-attack row, worst-rule column): each only when there are two to choose from."""
-    used_aggs = {r["aggregator"] for r in rows}
-    return len(attacked_labels(rows, attacks)) >= 2, sum(a in used_aggs for a in aggregators) >= 2
 
 
 def _worst_rows(manifest: dict[str, Any], records: list[dict[str, Any]], metrics: list[str]) -> list[dict]:
@@ -58,9 +51,8 @@ def _worst_rows(manifest: dict[str, Any], records: list[dict[str, Any]], metrics
     aggs, attacks = manifest["aggregators"], manifest["attacks"]
     out = []
     for g, rows in group_records(manifest, records):
-        by_rule, by_attack = _shows_worst(rows, attacks, aggs)
-        per = {m: (worst_per_rule(rows, m, attacks, aggs) if by_rule else {},
-                   worst_per_attack(rows, m, attacks, aggs) if by_attack else {}) for m in metrics}
+        per = {m: (with_choice(worst_per_rule(rows, m, attacks, aggs)),
+                   with_choice(worst_per_attack(rows, m, attacks, aggs))) for m in metrics}
         for side, labels in ((0, aggs), (1, attacks)):
             for label in labels:
                 found = {m: per[m][side][label] for m in metrics if label in per[m][side]}
@@ -101,9 +93,9 @@ def _table(manifest: dict, rows: list[dict], metric: str) -> tuple[str, str | No
     by: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         by.setdefault((r["attack"], r["aggregator"]), []).append(r)
-    by_rule, by_attack = _shows_worst(rows, attacks, aggs)
-    per_rule = worst_per_rule(rows, metric, attacks, aggs) if by_rule else {}
-    per_attack = worst_per_attack(rows, metric, attacks, aggs) if by_attack else {}
+    per_rule = with_choice(worst_per_rule(rows, metric, attacks, aggs))
+    per_attack = with_choice(worst_per_attack(rows, metric, attacks, aggs))
+    by_attack = bool(per_attack)
     extra = ["worst rule"] if by_attack else []
     lines = ["| attack \\ aggregator | " + " | ".join([*aggs, *extra]) + " |",
              "|---|" + "---:|" * (len(aggs) + len(extra))]
@@ -130,15 +122,19 @@ def _table(manifest: dict, rows: list[dict], metric: str) -> tuple[str, str | No
     if not any_value:
         return None
     best = best_rule(per_rule, metric) if len(per_rule) >= 2 else None
+    tied = [g for g in aggs if best is not None and g in per_rule and per_rule[g].value == per_rule[best].value]
+    if len(tied) == len(per_rule):
+        best, tied = None, []  # every rule has the same worst case: nothing to choose
     if per_rule:
         cells = [_worst_text(per_rule.get(a), "attacks") for a in aggs]
-        cells = [f"**{c}**" if a == best else c for a, c in zip(aggs, cells)]
+        cells = [f"**{c}**" if a in tied else c for a, c in zip(aggs, cells)]
         lines.append("| **worst attack** | " + " | ".join([*cells, *([""] if by_attack else [])]) + " |")
     note = None
     if best is not None:
         w = per_rule[best]
-        note = (f"Best worst case: **{best}**, {w.value:.3f} against its worst attack ({w.at}); "
-                f"the rule ByzFL's max-min criterion picks.")
+        against = (f"**{best}**, {w.value:.3f} against its worst attack ({w.at})" if len(tied) == 1 else
+                   ", ".join(f"**{g}**" for g in tied) + f" (tied), {w.value:.3f} against their worst attacks")
+        note = f"Best worst case: {against} (ByzFL's way of choosing a rule)."
     return "\n".join(lines), note
 
 

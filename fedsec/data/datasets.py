@@ -150,7 +150,7 @@ def _torchvision_split(cls, root: Path, download: bool, name: str, **ctor) -> Te
                "put the files there, point data.root at the folder that holds them, or set "
                "data.download = true on a machine with network access")
         raise DatasetMissing(
-            f"data.dataset = {name!r}: torchvision {cls.__name__} is not under data.root = {str(root)!r} "
+            f"data.dataset = {name!r}: torchvision's {cls.__name__} not found under data.root={str(root)!r} "
             f"({root.resolve()}, data.download = {str(download).lower()}; torchvision says: "
             f"{' '.join(str(e).split())}); {fix}"
         ) from None

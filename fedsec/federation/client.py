@@ -12,8 +12,9 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedsec.clients import BEHAVIOURS, ClientTask, Honest, TrainConfig, local_train
-from fedsec.federation.env import dataset_of, device_of, new_model, partitions_of, scenario_from_toml
+from fedsec.clients import BEHAVIOURS, Behaviour, ClientTask, Honest, TrainConfig, local_train
+from fedsec.federation.arrays import tensor_record
+from fedsec.federation.env import dataset_of, device_of, partitions_of, reusable_model, scenario_from_toml
 from fedsec.seeding import generator, scoped_seed, torch_threads
 
 client_app = ClientApp()
@@ -50,6 +51,22 @@ def train(msg: Message, context: Context) -> Message:
 
 def train_partition(scenario, pid: int, rnd: int, num_sampled: int, arrays: ArrayRecord):
     """One client's round: rebuild the model, run its behaviour, return (arrays, metrics)."""
+    global_state = arrays.to_torch_state_dict()
+    # The process's one model object, loaded in place: bitwise a fresh new_model(scenario).
+    model = reusable_model(scenario, global_state).to(device_of(scenario))
+    behaviour, task = client_task(scenario, pid, rnd, num_sampled, global_state, model)
+    # Thread count and the global RNG are pinned per call so the result is the same
+    # whichever engine or process runs it (dropout in user models draws from the global RNG).
+    with torch_threads(scenario.run.threads), scoped_seed(scenario.run.seed, "client-rng", rnd, pid):
+        stats = local_train(behaviour, task)
+    return tensor_record(model.state_dict()), reply_metrics(stats, pid)
+
+
+def client_task(scenario, pid: int, rnd: int, num_sampled: int, global_state: dict[str, torch.Tensor],
+                model: torch.nn.Module) -> tuple[Behaviour, ClientTask]:
+    """Partition ``pid``'s behaviour in round ``rnd`` and its :class:`ClientTask` (``model``
+    holds the global state). The one definition of a client call, shared by the
+    per-client and the vectorized path (fedsec.federation.vectorized)."""
     data = dataset_of(scenario)
     local = data.train.subset(partitions_of(scenario)[pid])
     device = device_of(scenario)
@@ -59,10 +76,6 @@ def train_partition(scenario, pid: int, rnd: int, num_sampled: int, arrays: Arra
     else:
         behaviour = BEHAVIOURS.get(role.behaviour).from_params(role.params)
         coalition = tuple(sorted(role.partitions))
-    global_state = arrays.to_torch_state_dict()
-    model = new_model(scenario)
-    model.load_state_dict(global_state)
-    model.to(device)
     c = scenario.client
     task = ClientTask(
         partition_id=pid,
@@ -81,11 +94,11 @@ def train_partition(scenario, pid: int, rnd: int, num_sampled: int, arrays: Arra
                            momentum=c.momentum, weight_decay=c.weight_decay),
         server_lr=scenario.server.server_lr,
     )
-    # Thread count and the global RNG are pinned per call so the result is the same
-    # whichever engine or process runs it (dropout in user models draws from the global RNG).
-    with torch_threads(scenario.run.threads), scoped_seed(scenario.run.seed, "client-rng", rnd, pid):
-        stats = local_train(behaviour, task)
-    stats = {k: float(v) for k, v in stats.items()}
-    stats["partition-id"] = float(pid)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return ArrayRecord(state), stats
+    return behaviour, task
+
+
+def reply_metrics(stats: dict[str, float], pid: int) -> dict[str, float]:
+    """The reply's MetricRecord content: ``local_train``'s figures as floats, plus ``partition-id``."""
+    out = {k: float(v) for k, v in stats.items()}
+    out["partition-id"] = float(pid)
+    return out

@@ -63,7 +63,8 @@ def _load_builtins() -> None:
     import importlib
 
     for mod in ("fedsec.plugins.watermark", "fedsec.plugins.abd",
-                "fedsec.audit.plugins"):  # neural_cleanse, fine_pruning, bitflip_deploy
+                "fedsec.audit.plugins",  # neural_cleanse, fine_pruning, bitflip_deploy
+                "fedsec.plugins.tracking"):  # tensorboard, wandb, mlflow
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:

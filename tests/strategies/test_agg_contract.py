@@ -13,14 +13,15 @@ NAMES = AGGREGATORS.names()
 # permutation invariance: every rule (foolsgold is stateless by default)
 PERM_NAMES = NAMES
 TRANSLATION = ["mean", "median", "trimmed_mean", "geomed", "krum", "multikrum", "bulyan",
-               "filtering", "spectral", "centered_clip"]
+               "filtering", "spectral", "centered_clip", "dnc", "mda", "meamed", "sever", "tukey"]
 FAST = settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def test_all_rules_registered():
     assert set(NAMES) >= {"mean", "median", "trimmed_mean", "geomed", "krum", "multikrum", "bulyan",
                           "centered_clip", "norm_clip", "flame", "foolsgold", "mad", "filtering",
-                          "spectral"}
+                          "spectral", "dnc", "signguard", "clipped_clustering", "mda", "meamed",
+                          "fltrust", "sever", "tukey"}
 
 
 def test_import_does_not_import_flwr():
@@ -172,3 +173,21 @@ def test_too_few_clients(name, kw, n_ok):
 
 def test_params_cover_only_registered():
     assert set(PARAMS) <= set(NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_reference_is_required_or_ignored(name):
+    """Rules with needs_reference refuse a call without one (naming it); the others give the
+    same result with or without a reference."""
+    U = randn(N, D, seed=8)
+    rule = get_aggregator(name, **PARAMS.get(name, {}))
+    ref = torch.randn(D, generator=gen(9))
+    if rule.needs_reference:
+        with pytest.raises(ValueError, match="reference"):
+            rule(U, generator=gen(1))
+        out = rule(U, generator=gen(1), reference=ref)
+        assert out.vector.shape == (D,)
+    else:
+        a = get_aggregator(name, **PARAMS.get(name, {}))(U, generator=gen(1))
+        b = get_aggregator(name, **PARAMS.get(name, {}))(U, generator=gen(1), reference=ref)
+        assert torch.equal(a.vector, b.vector) and torch.equal(a.accepted, b.accepted)

@@ -81,6 +81,10 @@ def reference_foolsgold(grads: np.ndarray) -> np.ndarray:
     n = grads.shape[0]
     nr = np.linalg.norm(grads, axis=1)
     cs = grads @ grads.T / np.outer(nr, nr) - np.eye(n)
+    # cs - I is meant to zero the diagonal; in floating point x.x / |x|^2 - 1 can be
+    # -1e-16, which the pardoning would then divide by a 0 row maximum (the authors'
+    # sklearn-based code has the same fragility), so the intent is written exactly
+    np.fill_diagonal(cs, 0.0)
     maxcs = cs.max(axis=1)
     for i in range(n):
         for j in range(n):

@@ -16,7 +16,8 @@ KW = {"krum": {"f": 2}, "multikrum": {"f": 2}, "bulyan": {"f": 2}, "trimmed_mean
       "dnc": {"f": 2}, "mda": {"f": 2}, "meamed": {"f": 2}}
 NAMES = AGGREGATORS.names()
 TRANSLATION_EQUIVARIANT = ["mean", "median", "trimmed_mean", "geomed", "krum", "multikrum", "bulyan",
-                           "filtering", "spectral", "centered_clip", "mad"]
+                           "filtering", "spectral", "centered_clip", "mad", "dnc", "mda", "meamed",
+                           "sever", "tukey"]
 
 
 def rule(name, **extra):

@@ -83,7 +83,7 @@ class Entry:
     doc: str
     """Its docstring, dedented ("" when it has none)."""
     module_doc: str
-    """The first paragraph of its module's docstring (often the paper it implements)."""
+    """Its module's docstring (often the paper it implements and how)."""
     params: tuple[Param, ...]
     usage: str
     note: str = ""
@@ -232,7 +232,7 @@ def parameters(obj: Any, kind: str = "") -> list[Param]:
 
 def entry(kind: str, name: str, obj: Any, usage: str) -> Entry:
     module = inspect.getmodule(obj)
-    mdoc = inspect.cleandoc(getattr(module, "__doc__", "") or "").split("\n\n", 1)[0]
+    mdoc = inspect.cleandoc(getattr(module, "__doc__", "") or "")
     target = f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', getattr(obj, '__name__', '?'))}"
     return Entry(kind=kind, name=name, target=target, doc=inspect.cleandoc(obj.__doc__ or ""),
                  module_doc=mdoc, params=tuple(parameters(obj, kind)), usage=usage.format(name=name),
@@ -251,17 +251,25 @@ class UnknownComponent(KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+def kinds_matching(kind: str) -> list[str]:
+    """The kinds ``kind`` names: exactly, by its last word (``rule``, ``behaviour``,
+    ``detector``) or as a prefix (``pre``); UnknownComponent with a did-you-mean if none."""
+    kinds = [k for k, _, _ in KINDS]
+    matches = [k for k in kinds if kind and (k == kind or k.split()[-1] == kind.rstrip("s")
+                                            or k.startswith(kind))]
+    if not matches:
+        close = difflib.get_close_matches(kind, kinds + [k.split()[-1] for k in kinds], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UnknownComponent(f"unknown kind {kind!r}{hint}; kinds: {', '.join(kinds)}")
+    return matches
+
+
 def find(name: str, kind: str | None = None) -> list[Entry]:
     """Every component registered as ``name`` (a name can be, e.g., both a plugin and an
     audit detector); ``kind`` narrows to one registry. UnknownComponent lists close names."""
     regs = registries()
-    kinds = [k for k, _, _ in regs]
     if kind is not None:
-        matches = [k for k in kinds if k == kind or k.split()[-1] == kind or k.startswith(kind)]
-        if not matches:
-            close = difflib.get_close_matches(kind, kinds, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise UnknownComponent(f"unknown kind {kind!r}{hint}; kinds: {', '.join(kinds)}")
+        matches = kinds_matching(kind)
         regs = [r for r in regs if r[0] in matches]
     found = [entry(k, name, reg.get(name), usage) for k, reg, usage in regs if name in reg]
     if found:

@@ -45,6 +45,52 @@ class _Commands(TyperGroup):
 app = typer.Typer(add_completion=False, no_args_is_help=True, cls=_Commands, pretty_exceptions_show_locals=False,
                   help="Federated-learning security simulations (Flower + PyTorch).")
 console = Console()
+# Errors go to stderr unwrapped, so a long did-you-mean stays on one greppable line.
+err_console = Console(stderr=True, soft_wrap=True)
+_verbosity = {"level": 0}
+
+
+def _version_text() -> str:
+    import importlib.metadata as md
+    import platform
+
+    def v(dist: str) -> str:
+        try:
+            return md.version(dist)
+        except md.PackageNotFoundError:
+            return "not installed"
+
+    return (f"fedsec {v('fedsec')} (flwr {v('flwr')}, torch {v('torch')}, ray {v('ray')}, "
+            f"python {platform.python_version()})")
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(_version_text())
+        raise typer.Exit()
+
+
+def _set_verbosity(quiet: bool, verbose: bool) -> int:
+    from fedsec.logging_setup import NORMAL, QUIET, VERBOSE, configure
+
+    if quiet and verbose:
+        raise typer.BadParameter("--quiet and --verbose exclude each other")
+    level = QUIET if quiet else VERBOSE if verbose else NORMAL
+    configure(level)
+    _verbosity["level"] = level
+    return level
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True,
+                                          help="print fedsec's version (and Flower's, torch's, Ray's) and exit")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="results and errors only: no progress, no per-round lines")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging, and Flower's and Ray's warnings "
+                                                                  "that are hidden by default (fedsec.logging_setup.SILENCED)")] = False,
+) -> None:
+    """Federated-learning security simulations (Flower + PyTorch)."""
+    _set_verbosity(quiet, verbose)
 
 
 def _fmt(v) -> str:
@@ -65,6 +111,23 @@ def load_scenario_with_imports(path: Path, overrides: list[str], imports: list[s
     return s.replace(**{"run.imports": [*s.run.imports, *extra]}) if extra else s
 
 
+def _round_line(row) -> str:
+    """One round as a fixed-width line (``row`` None: the header); ASR last, it varies in width."""
+    cols = [("round", 5), ("clean acc", 9), ("test loss", 9), ("train loss", 10), ("accepted", 8),
+            ("malicious", 9), ("failed", 6), ("s", 6)]
+    if row is None:
+        return "  ".join(f"{c:>{w}}" for c, w in cols) + "  ASR"
+
+    def n(key: str) -> str:
+        return str(len(row[key])) if isinstance(row.get(key), list) else "-"
+
+    cells = [str(row["round"]), _fmt(row.get("clean_acc")), _fmt(row.get("test_loss")),
+             _fmt(row.get("train_loss")), n("accepted"), n("malicious"), n("failed"),
+             f"{row['seconds']:.2f}" if isinstance(row.get("seconds"), (int, float)) else "-"]
+    asr = ", ".join(f"{k}={_fmt(v)}" for k, v in (row.get("asr") or {}).items()) or "-"
+    return "  ".join(f"{c:>{w}}" for c, (_, w) in zip(cells, cols)) + f"  {asr}"
+
+
 @app.command()
 def run(
     scenario: Annotated[Optional[Path], typer.Argument(help="scenario TOML file (not with --resume)")] = None,
@@ -76,6 +139,8 @@ def run(
                          "so every engine's workers import it too)")] = None,
     resume: Annotated[Optional[Path], typer.Option(
         help="continue the run in this run directory from its last checkpoint")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="results only (same as fedsec --quiet run)")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="same as fedsec --verbose run")] = False,
 ) -> None:
     """Run a federation and write its run directory (or continue one with --resume)."""
     import logging
@@ -86,6 +151,7 @@ def run(
     from fedsec.api import run as run_federation
     from fedsec.federation.server import Progress as Hooks
 
+    level = _set_verbosity(quiet, verbose) if quiet or verbose else _verbosity["level"]
     overrides = list(set_ or [])
     if engine:
         overrides.append(f'run.engine="{engine}"')
@@ -99,7 +165,7 @@ def run(
         s = (load_scenario_with_imports(scenario, overrides, import_ or []) if resume is None
              else load_scenario(resume / "scenario.toml"))
     except ScenarioError as e:
-        console.print(f"[red]invalid scenario:[/] {e}")
+        err_console.print(f"[red]invalid scenario:[/] {e}", highlight=False)
         raise typer.Exit(2) from None
     from fedsec.federation.env import dataset_of, device_of, initial_state, partitions_of
 
@@ -108,12 +174,15 @@ def run(
     dataset_of(s), partitions_of(s), device_of(s), initial_state(s)
     logging.getLogger("flwr").setLevel(logging.WARNING)
 
-    table = Table(title=f"{s.name}: {s.data.num_clients} clients, {s.server.aggregator}, engine {s.run.engine}")
-    for col in ("round", "clean acc", "ASR", "accepted", "malicious", "failed", "s"):
-        table.add_column(col, justify="right")
+    from fedsec.report import scenario_line
+
+    if level >= 0:
+        console.print(f"[bold]{s.name}[/]: {scenario_line(s.to_dict())}; {s.server.rounds} rounds, "
+                      f"engine {s.run.engine}", highlight=False)
+    hooks = Hooks()
     per_round = max(int(s.data.num_clients * s.server.fraction_train), 1)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, transient=True) as bar:
+                  TimeElapsedColumn(), console=console, transient=True, disable=level < 0) as bar:
         rounds = bar.add_task("rounds", total=s.server.rounds)
         clients = bar.add_task("round 1 clients", total=per_round)
 
@@ -124,44 +193,104 @@ def run(
         def on_round_end(row) -> None:
             bar.advance(rounds)
             bar.reset(clients, total=per_round, description=f"round {row['round'] + 1} clients")
-            asr = ", ".join(f"{k}={_fmt(v)}" for k, v in row["asr"].items()) or "-"
-            table.add_row(str(row["round"]), _fmt(row["clean_acc"]), asr, str(len(row["accepted"])),
-                          str(len(row["malicious"])), str(len(row["failed"])), f"{row['seconds']:.2f}")
-            console.print(f"round {row['round']:>3}  clean_acc {_fmt(row['clean_acc'])}  asr {asr}")
+            if level < 0:
+                return
+            if not hooks.extra.get("header_printed"):  # once, with round 0 when the run starts fresh
+                hooks.extra["header_printed"] = True
+                console.print(_round_line(None), highlight=False, style="bold")
+                if row["round"] == 1 and hooks.extra.get("initial"):
+                    console.print(_round_line({"round": 0, **hooks.extra["initial"]}), highlight=False)
+            console.print(_round_line(row), highlight=False)
 
-        result = run_federation(s, output=output, resume=resume,
-                                progress=Hooks(on_round_end=on_round_end, on_reply=on_reply))
-    console.print(table)
-    console.print(f"final clean accuracy: [bold]{result.summary['final_clean_acc']:.4f}[/]")
-    for k, v in result.summary.get("final_asr", {}).items():
-        console.print(f"final ASR {k}: {v:.4f}")
+        hooks.on_round_end, hooks.on_reply = on_round_end, on_reply
+        result = run_federation(s, output=output, resume=resume, progress=hooks)
+    sm = result.summary
+    best = (f" (best {sm['best_clean_acc']:.4f} at round {sm['best_round']})"
+            if isinstance(sm.get("best_clean_acc"), float) and sm.get("best_round") is not None else "")
+    console.print(f"final clean accuracy: [bold]{sm['final_clean_acc']:.4f}[/]{best}", highlight=False)
+    for k, v in sm.get("final_asr", {}).items():
+        console.print(f"final ASR {k}: {v:.4f}", highlight=False)
     # A plugin's human-readable report (watermark.md, abd.md) is printed with the run.
-    for name in dict.fromkeys(pl.name for pl in s.plugins) if result.run_dir else ():
+    for name in dict.fromkeys(pl.name for pl in s.plugins) if result.run_dir and level >= 0 else ():
         report = result.run_dir / f"{name}.md"
         if report.is_file():
             console.print(Markdown(report.read_text()))
-    console.print(f"run directory: {result.run_dir}")
+    console.print(f"run directory: {result.run_dir}", highlight=False, soft_wrap=True)
+    if level >= 0:
+        console.print(f"curves: {result.run_dir / 'curves.png'}; a report to paste into notes: "
+                      f"fedsec report {result.run_dir}", highlight=False, soft_wrap=True)
 
 
 @app.command("list")
-def list_() -> None:
-    """List the registered datasets, models, partitioners, rules, behaviours, plugins, engines."""
-    from fedsec.clients import BEHAVIOURS
-    from fedsec.data import DATASETS, PARTITIONERS
-    from fedsec.federation import ENGINES
-    from fedsec.models import MODELS
-    from fedsec.plugins import PLUGINS
-    from fedsec.strategies import AGGREGATORS
+def list_(
+    kind: Annotated[Optional[str], typer.Argument(help="only this kind (e.g. rule, behaviour, plugin)")] = None,
+) -> None:
+    """List every registered component (datasets, models, partitioners, rules, pre-aggregators,
+    behaviours, plugins, engines, audit detectors): its first sentence and its parameters."""
+    from rich.text import Text
 
-    for title, reg in [("datasets", DATASETS), ("models", MODELS), ("partitioners", PARTITIONERS),
-                       ("aggregation rules", AGGREGATORS), ("client behaviours", BEHAVIOURS),
-                       ("plugins", PLUGINS), ("engines", ENGINES)]:
-        console.print(f"[bold]{title}[/] ({len(reg)})")
-        t = Table(show_header=False)
-        for name, obj in reg.items():
-            doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
-            t.add_row(name, doc[0] if doc else "")
+    from fedsec.catalog import UnknownComponent, catalog, kinds_matching
+
+    try:
+        wanted = kinds_matching(kind) if kind is not None else None
+    except UnknownComponent as e:
+        err_console.print(f"[red]error:[/] {e}", highlight=False)
+        raise typer.Exit(2) from None
+    for title, entries in catalog():
+        if wanted is not None and title not in wanted:
+            continue
+        plural = title[:-1] + "ours" if title.endswith("behaviour") else f"{title}s"
+        console.print(f"[bold]{plural}[/] ({len(entries)})")
+        t = Table(show_header=True, header_style="dim", expand=True)
+        t.add_column("name", no_wrap=True)
+        t.add_column("what it is", ratio=3)
+        t.add_column("parameters (default)", ratio=2)
+        for e in entries:
+            ps = [f"{p.name}={p.default}" for p in e.params]
+            shown = ", ".join(ps[:6]) + (f", ... +{len(ps) - 6} (fedsec describe {e.name})" if len(ps) > 6 else "")
+            t.add_row(e.name, Text(e.summary), Text(shown or "-"))
         console.print(t)
+
+
+@app.command()
+def describe(
+    name: Annotated[str, typer.Argument(help="a registered name: a rule, behaviour, plugin, dataset, model, ...")],
+    kind: Annotated[Optional[str], typer.Option(help="look only in this kind (when a name is in several)")] = None,
+) -> None:
+    """Everything about one component: its docstring, its parameters (type, default, the paper's
+    symbol) and how a scenario uses it."""
+    from rich.markup import escape
+    from rich.text import Text
+
+    from fedsec.catalog import UnknownComponent, find
+
+    try:
+        entries = find(name, kind)
+    except UnknownComponent as e:
+        err_console.print(f"[red]error:[/] {e}", highlight=False)
+        raise typer.Exit(2) from None
+    for e in entries:
+        console.rule(f"[bold]{escape(e.name)}[/]: {e.kind}")
+        console.print(f"[dim]{e.target}[/]", highlight=False)
+        console.print(e.doc or "(no docstring)", highlight=False, markup=False)
+        if e.note:
+            console.print(e.note, highlight=False)
+        if e.params:
+            t = Table(title="parameters", title_justify="left", expand=True)
+            for col in ("name", "type", "default", "symbol"):
+                t.add_column(col, no_wrap=col != "type")
+            t.add_column("meaning", ratio=1)
+            for p in e.params:
+                meaning = p.doc + (f" (set as {p.where})" if p.where and p.where != "data.partitioner_params"
+                                   else f" (in {p.where})" if p.where else "")
+                t.add_row(*(Text(c) for c in (p.name, p.type, p.default, p.symbol, meaning)))
+            console.print(t)
+        elif not e.note:
+            console.print("parameters: none")
+        console.print(f"in a scenario: [bold]{escape(e.usage)}[/]", highlight=False)
+        if e.module_doc:
+            console.print(f"\n[dim]module {e.target.split(':')[0]}:[/]", highlight=False)
+            console.print(e.module_doc, highlight=False, markup=False)
 
 
 @app.command("craft-backdoor")

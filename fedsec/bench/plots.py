@@ -38,6 +38,17 @@ def _where(g: dict[str, Any], varying: list[str]) -> str:
     return ", ".join(f"{k}={g[k]}" for k in varying)
 
 
+def _wrap(label: str, width: int = 10) -> str:
+    """Break a long label after its underscores so it fits a heatmap cell ("model_\nreplacement")."""
+    lines: list[str] = []
+    for part in [p + "_" for p in label.split("_")[:-1]] + [label.split("_")[-1]]:
+        if lines and len(lines[-1]) + len(part) <= width:
+            lines[-1] += part
+        else:
+            lines.append(part)
+    return "\n".join(x for x in lines if x)
+
+
 def _seeds_text(counts: set[int]) -> str:
     lo, hi = min(counts), max(counts)
     n = str(lo) if lo == hi else f"{lo}-{hi}"
@@ -84,7 +95,7 @@ def _heatmap(plt: Any, rows: list[dict], metric: str, title: str, aggs: list[str
     if per_rule:
         labels = [*labels, "worst attack"]
         data.append([per_rule[g].value if g in per_rule else math.nan for g in aggs])
-        notes.append([per_rule[g].at if g in per_rule else "" for g in aggs])
+        notes.append([_wrap(per_rule[g].at) if g in per_rule else "" for g in aggs])
     counts = {k for a in labels for g in aggs if (a, g) in means for k in [means[a, g][1]]}
 
     fig, ax = plt.subplots(figsize=(2.6 + 0.8 * len(aggs), 1.9 + 0.5 * len(labels)))

@@ -25,6 +25,9 @@ METRICS = {
     "det_fpr": "detection false-positive rate (mean over rounds)",
 }
 
+CHOOSE_BY = ("final_clean_acc", "final_asr")
+"""The metrics under whose table results.md names the rule with the best worst case."""
+
 WORST = "worst-case"
 """The ``status`` of results.csv's summary rows, and their ``attack`` (worst attack per rule) or
 ``aggregator`` (worst rule per attack)."""
@@ -121,7 +124,9 @@ def _table(manifest: dict, rows: list[dict], metric: str) -> tuple[str, str | No
         lines.append(f"| {att} | " + " | ".join(cells) + " |")
     if not any_value:
         return None
-    best = best_rule(per_rule, metric) if len(per_rule) >= 2 else None
+    # ByzFL chooses by accuracy; the final ASR is the targeted analogue. Detection figures rank
+    # badly (a rule that never rejects has a perfect FPR), and max ASR is high for every rule early on.
+    best = best_rule(per_rule, metric) if len(per_rule) >= 2 and metric in CHOOSE_BY else None
     tied = [g for g in aggs if best is not None and g in per_rule and per_rule[g].value == per_rule[best].value]
     if len(tied) == len(per_rule):
         best, tied = None, []  # every rule has the same worst case: nothing to choose

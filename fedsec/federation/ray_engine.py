@@ -7,11 +7,15 @@ instead of going through the SuperLink's link state and its polling loop.
 Each actor imports the ClientApp once and keeps the dataset, partitions and
 parsed scenario cached across calls (``fedsec.federation.env``). A round's
 messages share one RecordDict (the global model), which is put in Ray's
-object store once per round rather than pickled once per client.
+object store once per round rather than pickled once per client, its arrays
+decoded once on the driver so they travel as ndarrays (fedsec.federation.arrays).
+With ``run.vectorize`` each actor gets one chunk of the round's vectorizable
+clients (balanced by partition size) and trains it in one batched pass
+(fedsec.federation.vectorized); the other clients are queued one by one.
 
 Failures: an exception in the ClientApp becomes Flower's error reply inside
-the actor; an actor that dies yields an error reply for its message and is
-replaced, and the round goes on with the others.
+the actor; an actor that dies yields an error reply for its message (for every
+message of its chunk) and is replaced, and the round goes on with the others.
 
 Cluster: ``run.ray_address`` (or ``$RAY_ADDRESS``) joins an existing cluster;
 the pool size follows from the CPUs/GPUs Ray reports and ``run.num_cpus`` /
@@ -72,13 +76,19 @@ class _Worker:
         return True
 
     def call(self, message: Message, content: Any, context: Context) -> tuple[Message, Context]:
-        if content is not None:
-            message.content = content
-        try:
-            reply = self.app(message, context)
-        except Exception as e:  # becomes Flower's error reply; the round goes on
-            reply = error_reply(message, e)
+        (reply,), (context,) = self.call_many([message], content, [context])
         return reply, context
+
+    def call_many(self, messages: list[Message], content: Any,
+                  contexts: list[Context]) -> tuple[list[Message], list[Context]]:
+        """Run messages that share one payload; with run.vectorize the vectorizable ones
+        train together. An exception in the ClientApp becomes that message's error reply."""
+        from fedsec.federation.vectorized import execute
+
+        if content is not None:
+            for m in messages:
+                m.content = content
+        return execute(self.app, messages, contexts), contexts
 
 
 def pool_size(num_cpus: float, num_gpus: float) -> int:
@@ -109,30 +119,50 @@ class ActorPool:
         self.replaced += 1
 
     def run(self, messages: list[Message], contexts: list[Context], on_reply=None) -> list[Message]:
+        from fedsec.federation.arrays import in_memory_content
+        from fedsec.federation.vectorized import plan_chunks
+
         ray = _ray()
-        # One object-store copy of each distinct payload (FedAvg sends the same RecordDict to all).
+        # One object-store copy of each distinct payload (FedAvg sends the same RecordDict to
+        # all), its arrays decoded once here: they travel as ndarrays, not .npy bytes.
         refs: dict[int, Any] = {}
         for m in messages:
             if id(m.content) not in refs:
-                refs[id(m.content)] = ray.put(m.content)
+                refs[id(m.content)] = ray.put(in_memory_content(m.content))
+        # Work items: with run.vectorize, one chunk of vectorizable clients per actor
+        # (trained together there), then every other message on its own.
+        chunks, rest = plan_chunks(messages, contexts, len(self.actors))
+        items: list[list[int]] = chunks + [[i] for i in rest]
+        batched = set(range(len(chunks)))
         replies: list[Message | None] = [None] * len(messages)
-        pending = list(range(len(messages)))
-        running: dict[Any, tuple[int, int]] = {}  # ref -> (message index, actor slot)
+        pending = list(range(len(items)))
+        running: dict[Any, tuple[int, int]] = {}  # ref -> (item index, actor slot)
         # Up to DEPTH calls queued per actor, so an actor never idles through the
         # driver's reply/dispatch round trip (a few ms each on a busy 2-core host).
         # An actor runs its calls in submission order, so the head of its queue is
-        # the call that was running when it died: only that one gets an error reply,
+        # the call that was running when it died: only its messages get error replies,
         # the calls queued behind it are re-sent (which client fails never depends
         # on scheduling).
         queues: list[list[Any]] = [[] for _ in self.actors]
 
         def fill(slot: int) -> None:
             while pending and len(queues[slot]) < self.DEPTH:
-                i = pending.pop(0)
-                m = messages[i]
-                ref = self.actors[slot].call.remote(_without_content(m), refs[id(m.content)], contexts[i])
-                running[ref] = (i, slot)
+                k = pending.pop(0)
+                idx = items[k]
+                actor = self.actors[slot]
+                payload = refs[id(messages[idx[0]].content)]
+                if k in batched:
+                    ref = actor.call_many.remote([_without_content(messages[i]) for i in idx], payload,
+                                                 [contexts[i] for i in idx])
+                else:
+                    ref = actor.call.remote(_without_content(messages[idx[0]]), payload, contexts[idx[0]])
+                running[ref] = (k, slot)
                 queues[slot].append(ref)
+
+        def settle(i: int, reply: Message) -> None:
+            replies[i] = reply
+            if on_reply:
+                on_reply(reply)
 
         for slot in range(len(self.actors)):
             fill(slot)
@@ -141,24 +171,25 @@ class ActorPool:
             for ref in done:
                 if ref not in running:  # already handled with its dead actor's queue
                     continue
-                i, slot = running[ref]
+                k, slot = running[ref]
                 try:
-                    reply, ctx = ray.get(ref)
+                    result = ray.get(ref)
                 except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as e:
-                    i = running[queues[slot][0]][0]
+                    k = running[queues[slot][0]][0]
                     pending[:0] = [running[r][0] for r in queues[slot][1:]]
                     for r in queues[slot]:
                         running.pop(r)
                     queues[slot].clear()
                     self.replace(slot)
-                    reply = error_reply(messages[i], RuntimeError(f"client actor died: {e}"))
+                    for i in items[k]:
+                        settle(i, error_reply(messages[i], RuntimeError(f"client actor died: {e}")))
                 else:
-                    contexts[i].state = ctx.state
                     running.pop(ref)
                     queues[slot].remove(ref)
-                replies[i] = reply
-                if on_reply:
-                    on_reply(reply)
+                    got, ctxs = result if k in batched else ([result[0]], [result[1]])
+                    for i, reply, ctx in zip(items[k], got, ctxs):
+                        contexts[i].state = ctx.state
+                        settle(i, reply)
                 fill(slot)
         return replies  # type: ignore[return-value]
 

@@ -582,6 +582,7 @@ def plan_chunks(messages: Sequence[Message], contexts: Sequence[Context], worker
     from fedsec.federation.env import partitions_of
 
     vec = [i for i, (m, c) in enumerate(zip(messages, contexts)) if vectorizable(m, c)]
+    vec = [i for i in vec if messages[i].content is messages[vec[0]].content]  # a chunk shares one payload
     chosen = set(vec)
     rest = [i for i in range(len(messages)) if i not in chosen]
     if not vec:

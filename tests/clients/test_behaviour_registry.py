@@ -1,11 +1,11 @@
-"""Every registered behaviour through the conformance checks (behaviour_conformance.py),
+"""Every registered behaviour through the conformance checks (fedsec.testing.behaviours),
 and the checks themselves on deliberately broken behaviours (so that they can fail)."""
 
 from dataclasses import dataclass
 
 import pytest
 import torch
-from behaviour_conformance import (
+from fedsec.testing.behaviours import (
     check_behaviour,
     check_client_stages,
     check_craft,

@@ -1,8 +1,7 @@
 """Conformance checks for client behaviours: plain functions with asserts, no pytest.
 
 The project runs them over its own registry (tests/clients/test_behaviour_registry.py);
-they are written to move into ``fedsec.testing`` so that a user can check a
-behaviour of their own the same way::
+a user checks a behaviour of their own the same way::
 
     check_behaviour(MyAttack, {"strength": 2.0})
 

@@ -1,0 +1,182 @@
+"""Neural Cleanse, fine-pruning and the deployed-model bit search on a small digits CNN."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from fedsec.audit import AuditTarget, get_detector
+from fedsec.audit.bitflip_deploy import DeployAttack, progressive_bit_search, quantized_copy
+from fedsec.audit.features import last_conv
+from fedsec.audit.fine_pruning import FinePruning, prune_channels, pruning_order
+from fedsec.audit.neural_cleanse import NeuralCleanse, _Schedule, from_tanh, stamp, to_tanh
+from fedsec.metrics import accuracy, attack_success_rate
+
+from .conftest import TARGET
+
+
+def target(model, split, eval_triggers, **kw):
+    clean, ev = split
+    return AuditTarget(model=model, clean=clean, evaluation=ev, num_classes=10, in_shape=(1, 8, 8),
+                       generator=torch.Generator().manual_seed(0), eval_triggers=eval_triggers, **kw)
+
+
+# -- Neural Cleanse ---------------------------------------------------------------------------
+
+
+def test_tanh_parametrisation_round_trips_and_stamp_blends():
+    v = torch.tensor([0.0, 0.25, 0.5, 1.0])
+    assert torch.allclose(from_tanh(to_tanh(v)), v, atol=1e-6)
+    x = torch.zeros(1, 1, 2, 2)
+    m = torch.tensor([[1.0, 0.0], [0.5, 0.0]])
+    p = torch.ones(1, 2, 2)
+    assert stamp(x, m, p).flatten().tolist() == [1.0, 0.0, 0.5, 0.0]
+
+
+def test_cost_schedule_follows_the_reference():
+    s = _Schedule(init_cost=1e-3, up=2.0, down=2.0**1.5, patience=2, early_stop_patience=3)
+    assert s.cost == 0
+    s.step(True, 5.0)
+    s.step(True, 5.0)
+    assert s.cost == 1e-3  # set after `patience` successes at cost 0
+    s.step(True, 4.0)
+    s.step(True, 4.0)
+    assert s.cost == 2e-3 and s.up_flag  # up after `patience` more successes
+    s.step(False, 4.0)
+    s.step(False, 4.0)
+    assert s.cost == pytest.approx(2e-3 / 2**1.5) and s.down_flag
+    # both flags set: an improving pass resets the counter, then it stops after
+    # early_stop_patience passes without improvement
+    assert not s.step(False, 3.0)
+    assert not s.step(False, 3.0)
+    assert not s.step(False, 3.0)
+    assert s.step(False, 3.0)
+
+
+def test_neural_cleanse_flags_backdoor_with_right_target(backdoored, split, eval_triggers, tmp_path):
+    assert attack_success_rate(backdoored, split[1], eval_triggers["badnets"]) > 0.9
+    before = copy.deepcopy(backdoored.state_dict())
+    grads = [None if p.grad is None else p.grad.clone() for p in backdoored.parameters()]
+    res = NeuralCleanse(passes=25).audit(target(backdoored, split, eval_triggers, out_dir=tmp_path, prefix="x."))
+    assert res.flagged and res.target == TARGET
+    assert res.score > 2
+    norms = res.figures["l1_norms"]
+    assert norms[TARGET] == min(norms)
+    assert (tmp_path / "x.neural_cleanse.png").stat().st_size > 1000
+    assert all(torch.equal(before[k], v) for k, v in backdoored.state_dict().items())  # model untouched
+    assert all((g is None and p.grad is None) or torch.equal(g, p.grad)
+               for g, p in zip(grads, backdoored.parameters()))
+
+
+def test_reversed_trigger_sits_on_the_real_trigger(backdoored, split):
+    det = NeuralCleanse(passes=25)
+    net = copy.deepcopy(backdoored)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    r = det.reverse(net, split[0].x, TARGET, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert r["reached"] and r["success"] >= 0.99
+    corner = r["mask"][5:, 5:].sum()  # the 3x3 patch sits at the bottom-right corner
+    assert float(corner) > 0.5 * r["l1"]
+
+
+@pytest.mark.parametrize("kw, field", [({"passes": 0}, "passes"), ({"cost_multiplier": 1.0}, "cost_multiplier"),
+                                       ({"attack_success": 1.5}, "attack_success"), ({"lr": -1}, "lr")])
+def test_neural_cleanse_bad_params_name_the_field(kw, field):
+    with pytest.raises(ValueError, match=f"neural_cleanse.{field}"):
+        NeuralCleanse(**kw)
+
+
+# -- fine-pruning -------------------------------------------------------------------------------
+
+
+def test_prune_channels_silences_them_and_keeps_the_state_dict(backdoored):
+    net = copy.deepcopy(backdoored)
+    name, conv = last_conv(net)
+    out = {}
+    h = conv.register_forward_hook(lambda m, i, o: out.__setitem__("o", o))
+    prune_channels(net, name, torch.tensor([0, 3]))
+    with torch.no_grad():
+        net(torch.rand(4, 1, 8, 8))
+    h.remove()
+    assert float(out["o"][:, [0, 3]].abs().max()) == 0
+    assert float(out["o"][:, 1].abs().max()) > 0
+    assert {k: v.shape for k, v in net.state_dict().items()} == {k: v.shape for k, v in backdoored.state_dict().items()}
+
+
+def test_pruning_order_is_increasing_activation_with_stable_ties():
+    assert pruning_order(torch.tensor([0.5, 0.0, 0.2, 0.0])).tolist() == [1, 3, 2, 0]
+
+
+def test_fine_pruning_respects_the_accuracy_bound_and_keeps_channels_dead(backdoored, split, eval_triggers):
+    det = FinePruning(max_acc_drop=0.05, epochs=5)
+    net, res = det.repair(target(backdoored, split, eval_triggers))
+    f = res.figures
+    base = accuracy(backdoored, split[0])
+    assert all(base - a <= 0.05 + 1e-9 for a in f["clean_acc_curve"])
+    assert 0 < len(f["pruned"]) < f["channels"] and res.score == len(f["pruned"]) / f["channels"]
+    name, conv = last_conv(net)
+    assert float(conv.weight[f["pruned"]].abs().sum()) == 0 and float(conv.bias[f["pruned"]].abs().sum()) == 0
+    assert not res.flagged and res.target is None
+    assert f["before"]["asr"]["badnets"] > 0.9
+    assert f["after_fine_tuning"]["asr"]["badnets"] < f["before"]["asr"]["badnets"]  # the published direction
+
+
+def test_fine_pruning_fixed_ratio_prunes_that_many(backdoored, split, eval_triggers):
+    net, res = FinePruning(prune_ratio=0.5, epochs=0).repair(target(backdoored, split, eval_triggers))
+    assert len(res.figures["pruned"]) == 8  # 16 channels in the last conv of a width-8 cnn
+    assert res.figures["after_pruning"] == res.figures["after_fine_tuning"]
+
+
+# -- bit flips on the deployed model -------------------------------------------------------------
+
+
+def test_quantized_copy_is_int8_on_a_grid_and_leaves_the_model(backdoored):
+    before = copy.deepcopy(backdoored.state_dict())
+    net, layers, qs, scales = quantized_copy(backdoored)
+    for (_, w), q, s in zip(layers, qs, scales):
+        assert q.dtype == torch.int8 and torch.allclose(w, q.float() * s)
+    assert all(torch.equal(before[k], v) for k, v in backdoored.state_dict().items())
+
+
+@pytest.mark.parametrize("budget", [0, 1, 4])
+def test_flip_budget_is_never_exceeded(backdoored, split, budget):
+    x, y = split[0].x[:64], split[0].y[:64]
+
+    def objective(m):
+        out = m(x)
+        return torch.nn.functional.cross_entropy(out, y), float((out.argmax(1) == y).float().mean())
+
+    out = progressive_bit_search(backdoored, objective, lambda acc: acc <= 0.0, max_flips=budget)
+    assert out.flips == len(out.flipped) == budget  # one bit per iteration, each a distinct bit
+    assert len(set(out.flipped)) == budget and len(out.trace) == budget + 1
+    assert not out.reached
+    if budget:
+        assert out.trace[-1] < out.trace[0]  # the search lowers the attacker-batch accuracy
+
+
+def test_goal_met_at_start_flips_nothing(backdoored, split):
+    out = progressive_bit_search(backdoored, lambda m: (torch.zeros(()), 1.0), lambda v: v >= 1.0, max_flips=5)
+    assert out.flips == 0 and out.reached and out.trace == [1.0]
+
+
+def test_deploy_attack_reaches_chance_and_reports(backdoored, split):
+    res = DeployAttack(max_flips=25, attack_batch=64).run(backdoored, split[0], split[1], 10,
+                                                           torch.Generator().manual_seed(0))
+    assert res["flips"] <= 25 and res["acc_after"] < res["acc_quantized"]
+    assert abs(res["acc_quantized"] - res["acc"]) < 0.05  # int8 costs little
+    if res["reached"]:
+        assert res["attack_metric"][-1] <= 0.11
+
+
+def test_deploy_attack_bad_params_name_the_field():
+    with pytest.raises(ValueError, match="bitflip_deploy.mode"):
+        DeployAttack(mode="sideways")
+    with pytest.raises(TypeError, match="did you mean 'max_flips'"):
+        DeployAttack(max_flip=3)
+
+
+def test_get_detector_fine_pruning_is_a_repair(backdoored, split, eval_triggers):
+    res = get_detector("fine_pruning", epochs=1).audit(target(backdoored, split, eval_triggers))
+    assert res.to_dict()["flagged"] is False

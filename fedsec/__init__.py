@@ -20,7 +20,11 @@ def __getattr__(name: str):
         from fedsec.bench.frame import load_results
 
         return load_results
+    if name in ("load_run", "RUN_COLUMNS"):  # a run directory -> pandas DataFrame (pandas imported on call)
+        import fedsec.report
+
+        return getattr(fedsec.report, name)
     raise AttributeError(f"module 'fedsec' has no attribute {name!r}")
 
 
-__all__ = ["Scenario", "ScenarioError", "load_scenario", "load_sweep", "run"]
+__all__ = ["RUN_COLUMNS", "Scenario", "ScenarioError", "load_run", "load_scenario", "load_sweep", "run"]

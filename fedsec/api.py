@@ -31,9 +31,10 @@ def run(
     elif not isinstance(scenario, Scenario):
         scenario = load_scenario(scenario, overrides)
     elif overrides:
-        from fedsec.scenario import parse_value
+        from fedsec.scenario import parse_override
 
-        scenario = scenario.replace(**{k: parse_value(v) for k, v in (o.split("=", 1) for o in overrides)})
+        scenario = scenario.replace(**dict(parse_override(o, "override", "server.rounds=3") for o in overrides))
+    preflight(scenario)
     holder: list[FederationResult] = []
 
     def main(grid, context) -> None:
@@ -53,3 +54,25 @@ def run(
     if not holder:
         raise RuntimeError(f"engine {scenario.run.engine!r} finished without a result")
     return holder[0]
+
+
+def preflight(scenario: Scenario) -> None:
+    """Fail in the driver, in one clear message, before any engine starts: missing data, an
+    unsatisfiable split, a device this machine lacks, a bad ``model.init``, GPUs the engine's
+    clients would not get. (Each result is cached for the run.)"""
+    import logging
+
+    from fedsec.federation.env import dataset_of, device_of, initial_state, partitions_of
+    from fedsec.scenario import ScenarioError
+
+    dataset_of(scenario), partitions_of(scenario), initial_state(scenario)
+    device = device_of(scenario)
+    r = scenario.run
+    if device.type == "cuda" and r.engine in ("ray", "flower") and r.num_gpus == 0:
+        # Ray hides the GPUs from actors that reserve none: the clients would have no CUDA.
+        raise ScenarioError(
+            f"run.num_gpus: got 0 with run.device = {r.device!r} on the {r.engine!r} engine, whose clients "
+            "would then see no GPU; set run.num_gpus to each client's share (e.g. 0.25 = 4 clients per GPU)")
+    clients = device if r.engine == "inline" or r.num_gpus > 0 or device.type == "cpu" else "cpu"
+    logging.getLogger("fedsec").info("server trains/evaluates on %s, clients on %s (engine %s)",
+                                     device, clients, r.engine)

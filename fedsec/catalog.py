@@ -124,6 +124,18 @@ def first_sentence(doc: str) -> str:
     return para
 
 
+def reflow(doc: str) -> str:
+    """A docstring for a terminal that wraps by itself: the lines of a plain paragraph joined,
+    formatted blocks (indented lines, lists, section underlines, formulas) left as written."""
+    out = []
+    for para in inspect.cleandoc(doc or "").split("\n\n"):
+        lines = para.splitlines()
+        formatted = any(ln.startswith((" ", "-", "*", "|")) or re.match(r"^\d+[.)] ", ln)
+                        or set(ln.strip()) <= {"-", "="} for ln in lines)
+        out.append(para if formatted else " ".join(ln.strip() for ln in lines))
+    return "\n\n".join(out)
+
+
 def symbol_of(name: str, doc: str) -> tuple[str, str]:
     """(symbol, rest of the description) when ``doc`` opens with the paper's symbol."""
     m = _SYMBOL.match(doc)

@@ -239,8 +239,7 @@ def list_(
     for title, entries in catalog():
         if wanted is not None and title not in wanted:
             continue
-        plural = title[:-1] + "ours" if title.endswith("behaviour") else f"{title}s"
-        console.print(f"[bold]{plural}[/] ({len(entries)})")
+        console.print(f"[bold]{title}s[/] ({len(entries)})")
         t = Table(show_header=True, header_style="dim", expand=True)
         t.add_column("name", no_wrap=True)
         t.add_column("what it is", ratio=3)
@@ -262,7 +261,7 @@ def describe(
     from rich.markup import escape
     from rich.text import Text
 
-    from fedsec.catalog import UnknownComponent, find
+    from fedsec.catalog import UnknownComponent, find, reflow
 
     try:
         entries = find(name, kind)
@@ -272,7 +271,7 @@ def describe(
     for e in entries:
         console.rule(f"[bold]{escape(e.name)}[/]: {e.kind}")
         console.print(f"[dim]{e.target}[/]", highlight=False)
-        console.print(e.doc or "(no docstring)", highlight=False, markup=False)
+        console.print(reflow(e.doc) or "(no docstring)", highlight=False, markup=False)
         if e.note:
             console.print(e.note, highlight=False)
         if e.params:
@@ -281,8 +280,8 @@ def describe(
                 t.add_column(col, no_wrap=col != "type")
             t.add_column("meaning", ratio=1)
             for p in e.params:
-                meaning = p.doc + (f" (set as {p.where})" if p.where and p.where != "data.partitioner_params"
-                                   else f" (in {p.where})" if p.where else "")
+                meaning = " ".join([p.doc, f"(set as {p.where})" if p.where and p.where != "data.partitioner_params"
+                                    else f"(in {p.where})" if p.where else ""]).strip()
                 t.add_row(*(Text(c) for c in (p.name, p.type, p.default, p.symbol, meaning)))
             console.print(t)
         elif not e.note:
@@ -290,7 +289,7 @@ def describe(
         console.print(f"in a scenario: [bold]{escape(e.usage)}[/]", highlight=False)
         if e.module_doc:
             console.print(f"\n[dim]module {e.target.split(':')[0]}:[/]", highlight=False)
-            console.print(e.module_doc, highlight=False, markup=False)
+            console.print(reflow(e.module_doc), highlight=False, markup=False)
 
 
 @app.command("craft-backdoor")
@@ -318,20 +317,18 @@ def craft_backdoor_cmd(
     console.print(f'use it with: fedsec run SCENARIO.toml --set model.init="{res["path"]}"')
 
 
-def _scenario_of_checkpoint(path: Path, scenario: Optional[Path]):
-    from safetensors import safe_open
-
+def _load_model_file(path: Path, scenario: Optional[Path]):
+    """(scenario, model) of a model file: its embedded scenario, or ``--scenario``."""
     from fedsec import load_scenario
-    from fedsec.federation.env import scenario_from_toml
+    from fedsec.checkpoint import load_model, load_state
+    from fedsec.federation.env import new_model
 
-    if scenario is not None:
-        return load_scenario(scenario)
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-    if "scenario" not in meta:
-        console.print(f"[red]{path}: no embedded scenario; pass --scenario FILE.toml[/]")
-        raise typer.Exit(2)
-    return scenario_from_toml(meta["scenario"])
+    if scenario is None:
+        return load_model(path, what="MODEL")
+    s = load_scenario(scenario)
+    net = new_model(s)
+    net.load_state_dict(load_state(path, expected=net.state_dict(), what="MODEL"))
+    return s, net
 
 
 @app.command()
@@ -344,31 +341,19 @@ def distill(
         help="write the distilled students here (student_kd.safetensors, student_kd_abd.safetensors)")] = None,
 ) -> None:
     """Anti-backdoor data-free distillation (ABD) of a saved model: teacher vs KD vs KD+ABD."""
-    from safetensors.torch import load_file
-
     from fedsec.federation.env import dataset_of, device_of, new_model
     from fedsec.federation.server import eval_triggers_of
     from fedsec.plugins.abd import STUDENT_FILES, ABDConfig, compare, markdown_table, save_student
-    from fedsec.scenario import parse_value
+    from fedsec.scenario import parse_override
 
-    if not model.is_file():
-        console.print(f"[red]model file {str(model)!r} does not exist[/]")
-        raise typer.Exit(2)
-    s = _scenario_of_checkpoint(model, scenario)
-    kwargs = {}
-    for item in param or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            console.print(f"[red]--param {item!r}: expected KEY=VALUE[/]")
-            raise typer.Exit(2)
-        kwargs[key.strip()] = parse_value(value.strip())
+    s, teacher = _load_model_file(model, scenario)
+    kwargs = dict(parse_override(item, "--param", "steps=2000") for item in param or [])
     try:
-        cfg = ABDConfig(**kwargs)
+        # ABD's randomness follows the teacher's run.seed unless --param seed=... is given.
+        cfg = ABDConfig(**kwargs).seeded(s.run.seed)
     except (TypeError, ValueError) as e:
         console.print(f"[red]invalid ABD option: {e}[/]")
         raise typer.Exit(2) from None
-    teacher = new_model(s)
-    teacher.load_state_dict(load_file(str(model)))
     data = dataset_of(s)
     res = compare(teacher, in_shape=data.in_shape, num_classes=data.num_classes, test=data.test,
                   eval_triggers=eval_triggers_of(s), make_student=lambda: new_model(s, "student"),
@@ -481,21 +466,47 @@ def bench(
 
 @app.command()
 def report(
-    directory: Annotated[Path, typer.Argument(help="sweep directory written by `fedsec bench`")],
+    directory: Annotated[Path, typer.Argument(help="a run directory (`fedsec run`) or a sweep directory (`fedsec bench`)")],
+    out: Annotated[Optional[Path], typer.Option(help="run directory only: write report.md and curves.png here "
+                                                      "instead of into the run directory")] = None,
 ) -> None:
-    """Rebuild a sweep's results.csv, results.md and plots from its cells' run directories."""
-    from fedsec.bench import SweepError, write_report
+    """A run's report.md (summary table, curves.png, per-class accuracy, every round), or a
+    sweep's results.csv, results.md and plots rebuilt from its cells' run directories."""
+    from rich.markup import escape
 
+    from fedsec.bench import SweepError, write_report
+    from fedsec.report import is_run_dir, write_run_report
+
+    if is_run_dir(directory):
+        files = write_run_report(directory, out)
+        console.print(f"wrote {files['report']} and {files['curves']}", highlight=False, soft_wrap=True)
+        return
     try:
         rep = write_report(directory)
     except SweepError as e:
-        console.print(f"[red]{e}[/]")
+        err_console.print(f"[red]error:[/] {escape(str(e))}; nor is it a run directory (scenario.toml and "
+                          "metrics.jsonl)", highlight=False)
         raise typer.Exit(2) from None
     states: dict[str, int] = {}
     for r in rep["records"]:
         states[r["status"]] = states.get(r["status"], 0) + 1
     console.print(f"{len(rep['records'])} cells ({', '.join(f'{v} {k}' for k, v in sorted(states.items()))}); "
                   f"wrote {rep['csv']}, {rep['md']} and {len(rep['plots'])} plots in {directory / 'plots'}")
+
+
+@app.command()
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="two or more run directories")],
+    out: Annotated[Path, typer.Option(help="the PNG to write")] = Path("compare.png"),
+    label: Annotated[Optional[list[str]], typer.Option(
+        "--label", help="a legend label per run, in order (default: their names, else the scenario "
+                        "fields that differ)")] = None,
+) -> None:
+    """Overlay several runs' clean accuracy, ASR and test loss against rounds in one PNG."""
+    from fedsec.report import compare_runs
+
+    path = compare_runs(runs, out, labels=label or None)
+    console.print(f"wrote {path}", highlight=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -103,17 +103,29 @@ def asr_lifespan(rounds: list[int], asr: list[float], attack_rounds: Iterable[in
     """Rounds after the last attacking round until ASR falls below half its peak.
 
     Durability of a backdoor (Neurotoxin, Zhang et al. ICML 2022, measure it this
-    way): ``rounds``/``asr`` are the per-round series; the peak is taken up to the
-    last attacking round. Returns the number of rounds, ``"still above"`` when the
-    run ends first, or None when no attack ran.
+    way). ``rounds``/``asr`` are the per-round series (NaN entries are skipped),
+    ``attack_rounds`` the rounds in which an attacker took part. The peak is the
+    highest ASR from the first to the last attacking round: rounds before the
+    attack are left out, because a barely trained model that predicts one class
+    for every input scores an ASR near 1 there when that class is the target.
+    Returns ``r - last`` for the first round r after the last attacking round
+    whose ASR is below half the peak (1: it fell in the first clean round);
+    ``"still above"`` when the run ends first; 0 when the peak is 0 (no
+    backdoor took hold); None when no attack ran or no ASR was measured in the
+    attack window.
     """
     attack = set(attack_rounds)
-    series = [(r, a) for r, a in zip(rounds, asr) if a == a]
-    attacked = [r for r, _ in series if r in attack]
+    attacked = [r for r in rounds if r in attack]
     if not attacked:
         return None
-    last = max(attacked)
-    peak = max((a for r, a in series if r <= last), default=float("nan"))
+    first, last = min(attacked), max(attacked)
+    series = [(r, a) for r, a in zip(rounds, asr) if a == a]
+    window = [a for r, a in series if first <= r <= last]
+    if not window:
+        return None
+    peak = max(window)
+    if peak <= 0:
+        return 0
     for r, a in series:
         if r > last and a < peak / 2:
             return r - last

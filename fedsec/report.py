@@ -240,14 +240,21 @@ def split_text(raw: dict[str, Any]) -> str:
     return part
 
 
-def scenario_line(raw: dict[str, Any]) -> str:
-    """One line naming what a run was: rule, attack, attacker fraction, data split, data, model."""
+def scenario_parts(raw: dict[str, Any]) -> dict[str, str]:
+    """What a run was, piece by piece: rule, attack, attacker fraction, data split, data and model."""
     data, model = raw.get("data", {}), raw.get("model", {})
     n = data.get("num_clients", 20)
     m = attackers(raw)
-    frac = f"{m}/{n} clients malicious ({100 * m / n:.0f}%)" if m else f"{n} clients, all honest"
-    return (f"{rule_text(raw)} vs {attack_text(raw)} · {frac} · {split_text(raw)} · "
-            f"{data.get('dataset', 'digits')}, {model.get('name', 'cnn')}")
+    return {"rule": rule_text(raw), "attack": attack_text(raw),
+            "fraction": f"{m}/{n} clients malicious ({100 * m / n:.0f}%)" if m else f"{n} clients, all honest",
+            "split": split_text(raw), "data": f"{data.get('dataset', 'digits')}, {model.get('name', 'cnn')}"}
+
+
+def scenario_line(raw: dict[str, Any]) -> str:
+    """One line naming what a run was: ``krum(f=2) vs alie · 4/20 clients malicious (20%) ·
+    Dirichlet α=0.5 · digits, cnn``."""
+    p = scenario_parts(raw)
+    return f"{p['rule']} vs {p['attack']} · {p['fraction']} · {p['split']} · {p['data']}"
 
 
 # -- curves --------------------------------------------------------------------------------
@@ -277,6 +284,11 @@ def attack_windows(rows: list[dict[str, Any]]) -> list[tuple[int, int]]:
         else:
             spans.append((r, r))
     return spans
+
+
+def _rounds_text(windows: list[tuple[int, int]]) -> str:
+    text = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in windows)
+    return f"round{'s' if len(windows) > 1 or windows[0][0] != windows[0][1] else ''} {text}"
 
 
 def _pct(v: float) -> str:
@@ -315,7 +327,7 @@ def curves_figure(rows: list[dict[str, Any]], summary: dict[str, Any] | None = N
     for ax in axes:
         for i, (a, b) in enumerate(windows):
             ax.axvspan(a - 0.5, b + 0.5, color="tab:red", alpha=0.09, linewidth=0,
-                       label="attack active" if i == 0 and ax is top else None)
+                       label=f"attack active ({_rounds_text(windows)})" if i == 0 and ax is top else None)
     xs, ys = _series(points, "clean_acc")
     if ys:
         top.plot(xs, ys, marker=marker, ms=4, lw=2, color="tab:blue",
@@ -424,11 +436,12 @@ def _headline(rows: list[dict[str, Any]], summary: dict[str, Any], raw: dict[str
         out.append((f"ASR {trig}", text))
     windows = attack_windows(rows)
     if windows:
-        out.append(("attack active in rounds", ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in windows)))
+        out.append(("attack active in", _rounds_text(windows)))
         attacked = [r for r in rows if r.get("malicious")]
         det = {k: _mean([(r.get("detection") or {}).get(k) for r in attacked]) for k in ("precision", "recall", "fpr")}
+        precision = "- (nobody rejected)" if math.isnan(det["precision"]) else _f(det["precision"], 2)
         out.append(("detection, mean over attacked rounds",
-                    f"precision {_f(det['precision'], 2)}, recall {_f(det['recall'], 2)}, FPR {_f(det['fpr'], 2)}"))
+                    f"precision {precision}, recall {_f(det['recall'], 2)}, FPR {_f(det['fpr'], 2)}"))
     failed = sum(len(r.get("failed") or []) for r in rows)
     nonfinite = sum(len(r.get("nonfinite") or []) for r in rows)
     if failed or nonfinite:
@@ -537,7 +550,7 @@ def write_run_report(run_dir: str | Path, out_dir: str | Path | None = None) -> 
                           read_scenario_dict(path))
     md = out / REPORT
     atomic_write(md, run_report_markdown(path, figure=CURVES if out == path else str(curves.name)))
-    log.info("wrote %s and %s", md, curves)
+    log.debug("wrote %s and %s", md, curves)
     return {"report": md, "curves": curves}
 
 
@@ -580,9 +593,11 @@ def run_labels(raws: list[dict[str, Any]], dirs: list[Path]) -> list[str]:
     return [d.name for d in dirs]
 
 
-def compare_figure(runs: list[tuple[str, list[dict[str, Any]], dict[str, Any]]], title: str = ""):
+def compare_figure(runs: list[tuple[str, list[dict[str, Any]], dict[str, Any]]], title: str = "",
+                   windows: list[tuple[int, int]] | None = None):
     """Clean accuracy, ASR (highest over each run's triggers) and test loss of several runs
-    (``(label, rows, summary)``), one colour per run, on shared round axes."""
+    (``(label, rows, summary)``), one colour per run, on shared round axes; ``windows``:
+    attack rounds to shade (when every run attacked in the same rounds)."""
     import matplotlib
     from matplotlib.figure import Figure
     from matplotlib.ticker import PercentFormatter
@@ -615,6 +630,9 @@ def compare_figure(runs: list[tuple[str, list[dict[str, Any]], dict[str, Any]]],
                 ax.plot(xs, ys, color=color, lw=1.6, marker="o" if len(xs) <= 40 else None, ms=3,
                         label=label if ax is axes[0] else None)
     for ax, (key, ylabel) in zip(axes, panels):
+        for i, (a, b) in enumerate(windows or []):
+            ax.axvspan(a - 0.5, b + 0.5, color="tab:red", alpha=0.09, linewidth=0,
+                       label="attack active" if i == 0 and ax is axes[0] else None)
         ax.set_ylabel(ylabel)
         if key != "test_loss":
             ax.set_ylim(-0.02, 1.02)
@@ -640,9 +658,14 @@ def compare_runs(run_dirs: Sequence[str | Path], out: str | Path, labels: Sequen
         raise ResultsError(f"compare: got {len(labels)} labels for {len(dirs)} runs; give one per run")
     names = list(labels) if labels is not None else run_labels(raws, dirs)
     runs = [(n, read_metrics(d / METRICS), _read_json(d / "summary.json")) for n, d in zip(names, dirs)]
-    common = {scenario_line(r) for r in raws}
-    title = f"{len(dirs)} runs" + (f": {common.pop()}" if len(common) == 1 else "")
+    # the parts of the scenario line every run shares make the title; the rest is in the labels
+    parts = [scenario_parts(r) for r in raws]
+    common = [f"{k} {v}" if k in ("rule", "attack") else v for k, v in parts[0].items()
+              if all(p[k] == v for p in parts[1:])]
+    title = f"{len(dirs)} runs" + (f": {' · '.join(common)}" if common else "")
+    windows = [attack_windows(rows) for _, rows, _ in runs]
     out = Path(out)
-    atomic_write(out, _png(compare_figure(runs, title)))
-    log.info("wrote %s", out)
+    atomic_write(out, _png(compare_figure(runs, title, windows[0] if all(w == windows[0] for w in windows)
+                                          else None)))
+    log.debug("wrote %s", out)
     return out

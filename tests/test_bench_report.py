@@ -159,3 +159,11 @@ def test_figures_have_axis_titles_a_labelled_colorbar_and_say_how_many_seeds(tmp
     assert curves.legends[0].get_title().get_text() == "aggregation rule"
     for f in figs:
         real(f)
+
+
+def test_long_attack_labels_are_broken_after_underscores_to_fit_a_cell():
+    from fedsec.bench.plots import _wrap
+
+    assert _wrap("model_replacement") == "model_\nreplacement"
+    assert _wrap("label_flip") == "label_flip" and _wrap("alie") == "alie"
+    assert _wrap("a_b_c_d_e_f_g").replace("\n", "") == "a_b_c_d_e_f_g"

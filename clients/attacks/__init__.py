@@ -18,6 +18,9 @@ label_flip                :mod:`fedsec.clients.attacks.label_flip`
 sign_flip                 :mod:`fedsec.clients.attacks.sign_flip`
 gaussian                  :mod:`fedsec.clients.attacks.gaussian`
 alie, ipm, minmax, minsum :mod:`fedsec.clients.attacks.omniscient` (Colluding: ``craft``)
+fang                      :mod:`fedsec.clients.attacks.fang` (Colluding, adaptive)
+agr_tailored              :mod:`fedsec.clients.attacks.agr_tailored` (Colluding, adaptive)
+neurotoxin                :mod:`fedsec.clients.attacks.neurotoxin`
 ========================  ==========================================================
 """
 
@@ -34,4 +37,7 @@ from fedsec.clients.attacks import (  # noqa: F401
     pretrained,
     sign_flip,
 )
+from fedsec.clients.attacks import fang  # noqa: F401,E402
+from fedsec.clients.attacks import agr_tailored  # noqa: F401,E402
+from fedsec.clients.attacks import neurotoxin  # noqa: F401,E402
 from fedsec.clients.attacks.pretrained import craft_backdoor  # noqa: F401

@@ -52,7 +52,8 @@ def register_detector(name: str):
     def deco(cls):
         if not (isinstance(cls, type) and issubclass(cls, Detector)):
             raise TypeError(f"detector {name!r} must be a subclass of fedsec.audit.Detector")
-        if not dataclasses.is_dataclass(cls) or not cls.__dataclass_params__.frozen:
+        # its own decorator, not one inherited from Detector: its fields must be declared
+        if "__dataclass_params__" not in cls.__dict__ or not cls.__dataclass_params__.frozen:
             raise TypeError(f"detector {name!r} must be a @dataclass(frozen=True, kw_only=True)")
         if cls.kind not in KINDS:
             raise TypeError(f"detector {name!r}: kind {cls.kind!r} is not one of {KINDS}")

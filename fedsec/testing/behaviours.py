@@ -197,9 +197,21 @@ def check_craft(b: Colluding, *, n: int = 8, d: int = 24, rows: tuple[int, ...] 
     Checked in float32 and float64, on the CPU and (if present) on CUDA, with
     and without a ``rule``, for two colluders and for one; the same generator
     seed must give the bitwise-same result and finite input a finite output.
+    An attack whose class sets ``needs_rule = True`` (adaptive by definition) is
+    checked with a rule only, and must raise ValueError naming ``rule`` without one.
     """
     name = _label(type(b))
     assert type(b).craft is not Colluding.craft, f"{name}: a Colluding behaviour must implement craft"
+    needs_rule = bool(getattr(type(b), "needs_rule", False))
+    if needs_rule:
+        U0, m0 = torch.randn(n, d, generator=torch.Generator().manual_seed(0)), torch.zeros(n, dtype=torch.bool)
+        m0[list(rows)] = True
+        try:
+            b.craft(U0, m0, torch.Generator().manual_seed(7), rule=None)
+        except ValueError as e:
+            assert "rule" in str(e), f"{name}: the error without a rule does not name 'rule': {e}"
+        else:
+            raise AssertionError(f"{name}: needs_rule = True but craft accepted rule=None")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for device in devices:
         for dtype in (torch.float32, torch.float64):
@@ -208,7 +220,7 @@ def check_craft(b: Colluding, *, n: int = 8, d: int = 24, rows: tuple[int, ...] 
                 U = (torch.randn(n, d, generator=g) + 0.3).to(device=device, dtype=dtype)
                 mask = torch.zeros(n, dtype=torch.bool, device=device)
                 mask[list(mal_rows)] = True
-                for rule in (None, _mean_rule):
+                for rule in ((_mean_rule,) if needs_rule else (None, _mean_rule)):
                     before = U.clone()
                     out = b.craft(U, mask, torch.Generator().manual_seed(7), rule=rule)
                     where = f"{name} ({device}, {dtype}, malicious rows {list(mal_rows)}, rule={rule is not None})"

@@ -190,11 +190,11 @@ def test_magnitude_prune_fraction(digits):
 def test_pvalue_small_on_watermarked_large_on_clean(injected, victim, digits):
     wm, w, log = injected
     _, attacker = wm.split(digits.test)
-    ver = wm.verifier(digits.test, digits.in_shape)
-    r_wm = wm.measure(w, victim, ver)
+    ver = wm.verifier(digits.test, digits.in_shape, victim)
+    r_wm = ver.measure(w)
     control = wm.train_control(lambda: make_cnn(digits), attacker)
-    r_clean = wm.measure(control, victim, ver)
-    r_orig = wm.measure(victim, victim, ver)
+    r_clean = ver.measure(control)
+    r_orig = ver.measure(victim)
     assert r_wm["p_value"] < 1e-3
     # (the paired test's p on the clean models is no longer asserted high: with a random keyed
     # patch it is often tiny on clean models too, issue 24; tests/plugins/test_watermark_claims.py)
@@ -259,7 +259,7 @@ def test_every_round_reembeds_from_round(victim, digits):
     [("at", "start"), ("trigger", "sig"), ("gamma", 2.0), ("gamma", "big"), ("poison_ratio", 0.0),
      ("epochs", 0), ("lr", -1.0), ("target", -1), ("blend_alpha", 1.5), ("momentum", 1.0),
      ("verify_fraction", 1.0), ("attacks", ["FT-XX"]), ("perturb", "yes"), ("n_surrogate", 2.5),
-     ("from_round", 0), ("epochs", True), ("alpha", 0.0), ("panel_size", 50), ("panel_on", "both"),
+     ("from_round", 0), ("epochs", True), ("alpha", 0.0), ("panel_size", 50), ("panel_on", "all"),
      ("negative_ratio", 0.95), ("seed", -1), ("null_keys", -1)],
 )
 def test_constructor_validation(field, value):

@@ -123,16 +123,22 @@ def control_panel(secret: Trigger, draw: Draw, k: int, g: torch.Generator,
                      f"of this kind and size ({len(out)} found in {limit} draws)")
 
 
-def commitment(trigger: Trigger, target: int, in_shape: Sequence[int]) -> str:
-    """SHA-256 (hex) of the secret's mask, pattern and target class.
+def commitment(trigger: Trigger, target: int, in_shape: Sequence[int],
+               reference: dict[str, torch.Tensor] | None = None) -> str:
+    """SHA-256 (hex) of the secret's mask, pattern, target class and the reference model's weights.
 
     Published (timestamped) when the watermark is injected and opened in a
-    dispute, it shows the key existed before the suspect model was examined,
-    so the accuser could not have picked it to fit the suspect (Adi et al.
-    2018; Liu et al., "False Claims against Model Ownership Resolution", 2024).
+    dispute, it shows the key and the un-watermarked reference the test
+    subtracts existed before the suspect was examined, so the accuser could
+    not have picked them to fit the suspect (Adi et al. 2018; Liu et al.,
+    "False Claims against Model Ownership Resolution", 2024).
     """
-    return hashlib.sha256(_fingerprint(trigger, tuple(int(v) for v in in_shape))
-                          + int(target).to_bytes(8, "little")).hexdigest()
+    h = hashlib.sha256(_fingerprint(trigger, tuple(int(v) for v in in_shape)))
+    h.update(int(target).to_bytes(8, "little"))
+    for name in sorted(reference or {}):
+        h.update(name.encode())
+        h.update(reference[name].detach().cpu().contiguous().numpy().tobytes())  # type: ignore[index]
+    return h.hexdigest()
 
 
 def _fingerprint(t: Trigger, shape: tuple[int, ...]) -> bytes:

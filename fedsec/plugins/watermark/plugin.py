@@ -105,7 +105,7 @@ class Watermark(Plugin):
     panel_size: int = 199
     """K control triggers; p_panel >= 1 / (K + 1), so K >= 1 / alpha - 1."""
     panel_on: str = "ood"
-    """Inputs of the rank test: "ood" (fresh triggered surrogate patches) or "id" (verification images)."""
+    """Inputs of the rank test: "ood" (fresh surrogate patches), "id" (verification images) or "both"."""
     null_keys: int = 100
     """M random stand-in keys for the measured false-claim rates (0 = skip)."""
     attacks: tuple[str, ...] | list[str] = ATTACKS
@@ -176,8 +176,8 @@ class Watermark(Plugin):
         if (self.panel_size + 1) * self.alpha < 1:
             raise _bad("panel_size", self.panel_size,
                        f"at least 1 / alpha - 1 = {1 / self.alpha - 1:g} (p_panel >= 1 / (panel_size + 1))")
-        if self.panel_on not in ("ood", "id"):
-            raise _bad("panel_on", self.panel_on, "'ood' or 'id'")
+        if self.panel_on not in ("ood", "id", "both"):
+            raise _bad("panel_on", self.panel_on, "'ood', 'id' or 'both'")
         if not isinstance(self.attacks, (list, tuple)) or any(a not in ATTACKS for a in self.attacks):
             raise _bad("attacks", self.attacks, f"a list drawn from {list(ATTACKS)}")
         object.__setattr__(self, "attacks", tuple(self.attacks))
@@ -249,11 +249,13 @@ class Watermark(Plugin):
         k = int(round(self.verify_fraction * len(test)))
         return test.subset(perm[:k]), test.subset(perm[k:])
 
-    def verifier(self, test: TensorData, in_shape: Sequence[int]) -> Verifier:
+    def verifier(self, test: TensorData, in_shape: Sequence[int], original: nn.Module) -> Verifier:
+        """The verification fixed before any suspect is examined; ``original``: the un-watermarked model."""
         controls, pseudo = self.panel(in_shape)
-        return Verifier(target=self.target, secret=self.secret_trigger(in_shape), controls=tuple(controls),
-                        pseudo=tuple(pseudo), verify=self.split(test)[0],
-                        x_ood=self.surrogate(in_shape, verify=True), alpha=self.alpha, panel_on=self.panel_on)
+        return Verifier.build(original=original, secret=self.secret_trigger(in_shape), controls=controls,
+                              pseudo=pseudo, target=self.target, verify=self.split(test)[0],
+                              x_ood=self.surrogate(in_shape, verify=True), alpha=self.alpha,
+                              panel_on=self.panel_on)
 
     # -- injection ----------------------------------------------------------------------------
     def inject(self, model: nn.Module, in_shape: Sequence[int], *, perturb: bool | None = None,
@@ -287,11 +289,6 @@ class Watermark(Plugin):
         return student, {**log, "perturb": perturb, "negatives": n_neg}
 
     # -- verification, attacks, control --------------------------------------------------------
-    def measure(self, model: nn.Module, original: nn.Module, verifier: Verifier, *,
-                null: bool = False) -> dict[str, Any]:
-        """acc, ID / OoD WSR, the three p-values and both decisions of a suspect model."""
-        return verifier.measure(model, original, null=null)
-
     def train_control(self, make_model: Callable[[], nn.Module], data: TensorData,
                       device: torch.device | str = "cpu") -> nn.Module:
         """An independently trained clean model (the negative control) on ``data``."""
@@ -310,26 +307,26 @@ class Watermark(Plugin):
                  control: nn.Module | None = None, injection: dict[str, Any] | None = None
                  ) -> dict[str, Any]:
         """The paper's table for one watermarked model: original, victim, attacks, negative control."""
-        ver = self.verifier(test, in_shape)
+        ver = self.verifier(test, in_shape, original)
         _, attacker = self.split(test)
         dev = next(watermarked.parameters()).device
         out: dict[str, Any] = {
             "trigger": self.trigger, "target": self.target, "at": self.at, "alpha": self.alpha,
             "panel_size": self.panel_size, "panel_on": self.panel_on, "panel_calibrated": self.trigger != "patch",
-            "commitment": commitment(ver.secret, self.target, in_shape),
+            "commitment": commitment(ver.secret, self.target, in_shape, original.state_dict()),
             "n_verify": len(ver.verify), "n_attacker": len(attacker), "n_verify_ood": len(ver.x_ood),
         }
         if injection is not None:
             out["injection"] = injection
         null = self.null_keys > 0
-        out["original"] = ver.measure(original, original, null=null)
-        out["watermarked"] = ver.measure(watermarked, original)
+        out["original"] = ver.measure(original, null=null)
+        out["watermarked"] = ver.measure(watermarked)
         out["acc_drop"] = out["original"]["acc"] - out["watermarked"]["acc"]
-        out["attacks"] = {a: ver.measure(self.attack(a, watermarked, attacker), original) for a in self.attacks}
+        out["attacks"] = {a: ver.measure(self.attack(a, watermarked, attacker)) for a in self.attacks}
         if control is None and make_model is not None:
             control = self.train_control(make_model, attacker, dev)
         if control is not None:
-            out["control"] = ver.measure(control, original, null=null)
+            out["control"] = ver.measure(control, null=null)
         return out
 
     # -- hooks ------------------------------------------------------------------------------

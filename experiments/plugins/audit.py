@@ -1,0 +1,391 @@
+"""Audit detectors: do they reproduce their papers' directions on data we can run?
+
+    OMP_NUM_THREADS=1 python experiments/plugins/audit.py [--dataset digits] [--seeds 3]
+        [--sections nc,prune,data,frequency,bitflip] [--json out.json] [size flags, see --help]
+
+Sections (each prints a markdown table; results and commentary: audit.md):
+
+``nc``
+    Neural Cleanse (Wang et al. S&P 2019) on global models of digits federations
+    (10 clients, Dirichlet(1.0), plain FedAvg, the `cnn`): with 4 BadNets clients
+    (3x3 white corner patch -> class 0, 30% of every batch), and the same federation
+    without attackers, one per seed. Paper: the backdoored models are flagged
+    (anomaly index > 2) with the right target; clean models are not (false positives).
+``prune``
+    Fine-pruning (Liu et al. RAID 2018) of the same global models with the server's
+    clean half of the test split: ASR and accuracy before, after pruning, after
+    fine-tuning.
+``data``
+    A client audits its own data: a 720-sample IID share of the train split, 2% of it
+    BadNets-poisoned (about 1 poison per 6 samples of the target class), a local model
+    trained on it. Activation clustering (Chen et al. 2019), spectral signatures (Tran
+    et al. NeurIPS 2018) and the frequency detector (Zeng et al. ICCV 2021) report the
+    recall of the poisons and the fraction of clean samples removed; the model retrained
+    on what is left gives the ASR after sanitizing. The same on an unpoisoned share
+    measures false positives.
+``frequency``
+    The DCT-spectrum classifier trained on clean images and self-made triggers (random
+    squares and noise blends) is evaluated on triggers it never saw: the BadNets square,
+    a cross, a fixed blend pattern, and a smooth (low-frequency) trigger that Zeng et al.
+    Sec. 5 design to evade it.
+``bitflip``
+    Post-deployment progressive bit search (Rakin et al. ICCV 2019) on the final global
+    model, the fine-pruned model and the ABD-distilled student (one federation with the
+    plugins ``abd``, ``fine_pruning``, ``bitflip_deploy``).
+
+CPU scale: everything runs on the `inline` engine with OMP_NUM_THREADS=1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import fedsec
+from fedsec.audit import AuditTarget, get_detector
+from fedsec.audit.bitflip_deploy import DeployAttack
+from fedsec.audit.fine_pruning import FinePruning
+from fedsec.audit.frequency import FrequencyDetector
+from fedsec.audit.neural_cleanse import NeuralCleanse
+from fedsec.audit.plugins import server_split
+from fedsec.audit.stats import auc
+from fedsec.data import TensorData, load_dataset
+from fedsec.data.triggers import Trigger
+from fedsec.metrics import EvalTrigger, accuracy, attack_success_rate
+from fedsec.models import build_model
+from fedsec.scenario import Scenario
+from fedsec.seeding import generator, scoped_seed
+from fedsec.training import sgd_train
+
+TRIGGER = Trigger(kind="patch", size=3)
+TARGET = 0
+
+
+def pct(v: Any) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
+
+
+def federation(args, seed: int, attacked: bool, out: Path, plugins: list[dict] | None = None):
+    s = Scenario.from_dict({
+        "name": f"audit-{'bd' if attacked else 'clean'}-{seed}",
+        "data": {"dataset": args.dataset, "num_clients": 10, "partitioner": "dirichlet",
+                 "partitioner_params": {"alpha": 1.0}},
+        "model": {"name": "cnn"},
+        "client": {"epochs": args.local_epochs, "batch_size": 32, "lr": 0.05},
+        "server": {"rounds": args.rounds, "aggregator": "mean"},
+        "attack": ([{"behaviour": "badnets", "partitions": [0, 1, 2, 3],
+                     "params": {"target": TARGET, "poison_fraction": 0.3, "trigger": TRIGGER.to_spec()}}]
+                   if attacked else []),
+        "plugins": plugins or [],
+        "run": {"seed": seed, "engine": "inline", "output": str(out)},
+    })
+    return fedsec.run(s)
+
+
+def audit_target(model, clean, ev, ds, seed, **kw) -> AuditTarget:
+    return AuditTarget(model=model, clean=clean, evaluation=ev, num_classes=ds.num_classes, in_shape=ds.in_shape,
+                       generator=generator(seed, "audit-experiment"), **kw)
+
+
+# --------------------------------------------------------------------------------------
+# nc + prune: global models of federations
+
+
+def section_models(args, out: Path, figures: dict) -> None:
+    ds = load_dataset(args.dataset)
+    trig = {"badnets": EvalTrigger(TRIGGER.apply, target=TARGET)}
+    nc_rows, fp_rows = [], []
+    for seed in range(args.seeds):
+        clean, ev = server_split(ds.test, 0.5, seed)
+        for attacked in (True, False):
+            t0 = time.perf_counter()
+            res = federation(args, seed, attacked, out)
+            model = res.model.cpu().eval()
+            acc, asr = accuracy(model, ev), attack_success_rate(model, ev, trig["badnets"])
+            t_fed = time.perf_counter() - t0
+            row = {"seed": seed, "attacked": attacked, "acc": acc, "asr": asr}
+            if "nc" in args.sections:
+                t0 = time.perf_counter()
+                r = NeuralCleanse(passes=args.nc_passes).audit(
+                    audit_target(model, clean, ev, ds, seed, out_dir=out / "nc", prefix=f"{seed}-{attacked}."))
+                row.update(flagged=r.flagged, target=r.target, index=r.score,
+                           norms=r.figures["l1_norms"], nc_seconds=time.perf_counter() - t0)
+                nc_rows.append(row)
+            if "prune" in args.sections:
+                _, r = FinePruning(epochs=args.fp_epochs).repair(
+                    audit_target(model, clean, ev, ds, seed, eval_triggers=trig))
+                f = r.figures
+                fp_rows.append({"seed": seed, "attacked": attacked, "pruned": len(f["pruned"]),
+                                "channels": f["channels"],
+                                **{f"{k}_acc": f[k]["acc"] for k in ("before", "after_pruning", "after_fine_tuning")},
+                                **{f"{k}_asr": f[k]["asr"]["badnets"]
+                                   for k in ("before", "after_pruning", "after_fine_tuning")}})
+            print(f"  seed {seed} {'backdoored' if attacked else 'clean'}: acc {pct(acc)} ASR {pct(asr)} "
+                  f"(federation {t_fed:.0f}s)" + (f", NC index {row['index']:.2f} target {row['target']}"
+                                                 if "index" in row else ""), flush=True)
+    if nc_rows:
+        figures["nc"] = nc_rows
+        print(nc_table(nc_rows))
+    if fp_rows:
+        figures["prune"] = fp_rows
+        print(fp_table(fp_rows))
+
+
+def nc_table(rows: list[dict]) -> str:
+    lines = ["| seed | model | acc | ASR | anomaly index | flagged | target | min-norm class |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['seed']} | {'BadNets' if r['attacked'] else 'clean'} | {pct(r['acc'])} | {pct(r['asr'])} | "
+                     f"{r['index']:.2f} | {'yes' if r['flagged'] else 'no'} | {r['target']} | "
+                     f"{min(range(len(r['norms'])), key=r['norms'].__getitem__)} |")
+    bd = [r for r in rows if r["attacked"]]
+    cl = [r for r in rows if not r["attacked"]]
+    tp = sum(r["flagged"] and r["target"] == TARGET for r in bd)
+    fp = sum(r["flagged"] for r in cl)
+    lines.append("")
+    lines.append(f"BadNets models flagged with the right target: {tp}/{len(bd)}; "
+                 f"clean models flagged (false positives): {fp}/{len(cl)}")
+    return "\n".join(lines) + "\n"
+
+
+def fp_table(rows: list[dict]) -> str:
+    lines = ["| seed | model | pruned | acc before / pruned / fine-pruned | ASR before / pruned / fine-pruned |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['seed']} | {'BadNets' if r['attacked'] else 'clean'} | {r['pruned']}/{r['channels']} | "
+                     f"{pct(r['before_acc'])} / {pct(r['after_pruning_acc'])} / {pct(r['after_fine_tuning_acc'])} | "
+                     f"{pct(r['before_asr'])} / {pct(r['after_pruning_asr'])} / {pct(r['after_fine_tuning_asr'])} |")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------
+# data: a client audits its own data
+
+
+def poison(data: TensorData, count: int, g: torch.Generator) -> tuple[TensorData, torch.Tensor]:
+    """BadNets on a copy: ``count`` non-target samples stamped and relabelled to TARGET."""
+    cand = (data.y != TARGET).nonzero().flatten()
+    idx = cand[torch.randperm(len(cand), generator=g)[:count]]
+    x, y = data.x.clone(), data.y.clone()
+    x[idx], y[idx] = TRIGGER.apply(x[idx]), TARGET
+    bad = torch.zeros(len(y), dtype=torch.bool)
+    bad[idx] = True
+    return TensorData(x, y), bad
+
+
+def local_model(data: TensorData, ds, seed: int, epochs: int):
+    with scoped_seed(seed, "audit-exp-init"):
+        net = build_model("cnn", in_shape=ds.in_shape, num_classes=ds.num_classes)
+    sgd_train(net, data, epochs=epochs, batch_size=32, lr=0.05, momentum=0.9, weight_decay=0.0,
+              generator=generator(seed, "audit-exp-train"), device="cpu")
+    return net.eval()
+
+
+DATA_DETECTORS = {
+    "AC ica / relative size": ("activation_clustering", {}),
+    "AC pca / relative size": ("activation_clustering", {"reduce": "pca"}),
+    "AC ica / silhouette": ("activation_clustering", {"analysis": "silhouette"}),
+    "SS eps=0.2": ("spectral_signatures", {"eps": 0.2}),
+    "frequency": ("frequency", {"target_fpr": 0.05}),
+}
+
+
+def section_data(args, figures: dict) -> None:
+    ds = load_dataset(args.dataset)
+    trig = EvalTrigger(TRIGGER.apply, target=TARGET)
+    rows = []
+    for seed in range(args.seeds):
+        perm = torch.randperm(len(ds.train), generator=generator(seed, "audit-exp-share"))
+        share = ds.train.subset(perm[: args.client_size])
+        reference = ds.train.subset(perm[args.client_size: args.client_size + args.freq_clean])
+        _, ev = server_split(ds.test, 0.5, seed)
+        count = int(round(args.poison * args.client_size))
+        for poisoned in (True, False):
+            data, bad = poison(share, count if poisoned else 0, generator(seed, "audit-exp-poison"))
+            t0 = time.perf_counter()
+            model = local_model(data, ds, seed, args.local_train_epochs)
+            base = {"acc": accuracy(model, ev), "asr": attack_success_rate(model, ev, trig)}
+            for label, (name, params) in DATA_DETECTORS.items():
+                clean_ref = reference if name == "frequency" else share
+                r = get_detector(name, **params).audit(audit_target(model, clean_ref, ev, ds, seed, data=data,
+                                                                    poisoned=bad))
+                f = r.figures
+                row = {"seed": seed, "poisoned": poisoned, "detector": label, "flagged": r.flagged,
+                       "target": r.target, "recall": f.get("recall"), "clean_removed": f.get("clean_removed"),
+                       "n_poisoned": int(bad.sum()), "n": len(data), "before": base}
+                if poisoned and args.retrain:
+                    keep = torch.ones(len(data), dtype=torch.bool)
+                    keep[f["removed"]] = False
+                    m2 = local_model(data.subset(keep.nonzero().flatten()), ds, seed, args.local_train_epochs)
+                    row["after"] = {"acc": accuracy(m2, ev), "asr": attack_success_rate(m2, ev, trig)}
+                rows.append(row)
+            print(f"  seed {seed} {'poisoned' if poisoned else 'clean'} share: local model acc {pct(base['acc'])} "
+                  f"ASR {pct(base['asr'])} ({time.perf_counter() - t0:.0f}s)", flush=True)
+    figures["data"] = rows
+    print(data_table(rows))
+
+
+def _mean(v: list) -> float:
+    v = [x for x in v if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    return sum(v) / len(v) if v else float("nan")
+
+
+def data_table(rows: list[dict]) -> str:
+    lines = ["| detector | recall of poisons | clean removed | flagged (target 0) | ASR before -> after retraining "
+             "| acc before -> after | clean share: flagged | clean share: removed |",
+             "|---|---|---|---|---|---|---|---|"]
+    for label in DATA_DETECTORS:
+        p = [r for r in rows if r["detector"] == label and r["poisoned"]]
+        c = [r for r in rows if r["detector"] == label and not r["poisoned"]]
+        after = [r["after"] for r in p if "after" in r]
+        lines.append(
+            f"| {label} | {pct(_mean([r['recall'] for r in p]))} | {pct(_mean([r['clean_removed'] for r in p]))} | "
+            f"{sum(r['flagged'] for r in p)}/{len(p)} ({sum(r['target'] == TARGET for r in p)}) | "
+            f"{pct(_mean([r['before']['asr'] for r in p]))} -> {pct(_mean([a['asr'] for a in after]))} | "
+            f"{pct(_mean([r['before']['acc'] for r in p]))} -> {pct(_mean([a['acc'] for a in after]))} | "
+            f"{sum(r['flagged'] for r in c)}/{len(c)} | {pct(_mean([r['clean_removed'] for r in c]))} |")
+    n = rows[0]
+    lines.append("")
+    lines.append(f"means over {len({r['seed'] for r in rows})} seeds; {n['n_poisoned'] if n['poisoned'] else '-'} "
+                 f"poisons in {n['n']} samples")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------
+# frequency: unseen triggers
+
+
+def smooth_trigger(shape: tuple[int, int, int]) -> Trigger:
+    """A low-frequency blend (Zeng et al. Sec. 5's point: smooth triggers leave no high-frequency artifact)."""
+    c, h, w = shape
+    r = torch.arange(h, dtype=torch.float32)[:, None] / h
+    s = torch.arange(w, dtype=torch.float32)[None, :] / w
+    pat = (0.5 + 0.5 * torch.sin(2 * math.pi * (r + s))).expand(c, h, w)
+    return Trigger(kind="pattern", mask=torch.full((c, h, w), 0.3).tolist(), pattern=pat.tolist())
+
+
+def section_frequency(args, figures: dict) -> None:
+    ds = load_dataset(args.dataset)
+    tests = {"BadNets 3x3 square": TRIGGER,
+             "3x3 cross, top left": Trigger(kind="patch", size=3, shape="cross", location="top_left"),
+             "blend, fixed pattern, alpha 0.2": Trigger(kind="blend", alpha=0.2, seed=7),
+             "smooth sinusoid blend, alpha 0.3": smooth_trigger(ds.in_shape)}
+    rows = []
+    for seed in range(args.seeds):
+        perm = torch.randperm(len(ds.train), generator=generator(seed, "audit-exp-freq"))
+        train = ds.train.x[perm[: args.freq_clean]]
+        _, ev = server_split(ds.test, 0.5, seed)
+        det = FrequencyDetector()
+        t0 = time.perf_counter()
+        g = generator(seed, "audit-exp-frequency")
+        clf = det.fit(train, g)
+        n_val = len(ev) // 2  # calibrate the 5%-FPR threshold on one half, measure on the other
+        p_val = clf.prob(ev.x[:n_val])
+        thr = float(torch.quantile(p_val.double(), 0.95))
+        p_clean = clf.prob(ev.x[n_val:])
+        for name, t in tests.items():
+            p = clf.prob(t.apply(ev.x[n_val:]))
+            rows.append({"seed": seed, "trigger": name, "auc": auc(p, p_clean),
+                         "tpr_05": float((p > 0.5).float().mean()), "fpr_05": float((p_clean > 0.5).float().mean()),
+                         "tpr_cal": float((p > thr).float().mean()), "fpr_cal": float((p_clean > thr).float().mean())})
+        print(f"  seed {seed}: trained on {len(train)} clean images ({time.perf_counter() - t0:.0f}s)", flush=True)
+    figures["frequency"] = rows
+    lines = ["| unseen trigger | AUC | TPR / FPR at P > 0.5 | TPR / FPR at the 5%-FPR threshold |", "|---|---|---|---|"]
+    for name in tests:
+        rs = [r for r in rows if r["trigger"] == name]
+        lines.append(f"| {name} | {_mean([r['auc'] for r in rs]):.3f} | {pct(_mean([r['tpr_05'] for r in rs]))} / "
+                     f"{pct(_mean([r['fpr_05'] for r in rs]))} | {pct(_mean([r['tpr_cal'] for r in rs]))} / "
+                     f"{pct(_mean([r['fpr_cal'] for r in rs]))} |")
+    print("\n".join(lines) + "\n")
+
+
+# --------------------------------------------------------------------------------------
+# bitflip: plain vs fine-pruned vs ABD student, through the plugins
+
+
+def section_bitflip(args, out: Path, figures: dict) -> None:
+    plugins = [
+        {"name": "abd", "params": {"kd": "generator", "sv": True, "sr": False, "compare": False,
+                                   "steps": args.abd_steps, "batch_size": 128, "n_student_iter": 5, "gen_width": 32,
+                                   "sv_layers": 1, "sv_head": True, "sv_probe_steps": 20, "sv_select": False,
+                                   "sv_alpha": 0.3, "seed": 0}},
+        {"name": "fine_pruning", "params": {"epochs": args.fp_epochs}},
+        {"name": "bitflip_deploy", "params": {"max_flips": args.flip_budget, "compare": ["fine_pruning", "abd"]}},
+        {"name": "bitflip_deploy", "params": {"mode": "targeted", "target": 3, "max_flips": args.flip_budget,
+                                              "compare": ["fine_pruning", "abd"]}},
+    ]
+    rows = {}
+    for attacked in (True, False):
+        t0 = time.perf_counter()
+        res = federation(args, 0, attacked, out, plugins)
+        p = res.summary["plugins"]
+        rows["backdoored" if attacked else "clean"] = {"bitflip_deploy": p["bitflip_deploy"],
+                                                       "abd": {k: p["abd"].get(k) for k in ("teacher", "kd_abd")}}
+        print(f"  {'backdoored' if attacked else 'clean'} federation + plugins: {time.perf_counter() - t0:.0f}s",
+              flush=True)
+    figures["bitflip"] = rows
+    lines = ["| federation | model | acc | acc int8 | untargeted: flips to chance (budget) | acc after |",
+             "|---|---|---|---|---|---|"]
+    for fed, r in rows.items():
+        for name, b in r["bitflip_deploy"].items():
+            if "error" in b:
+                lines.append(f"| {fed} | {name} | {b['error']} | | | |")
+                continue
+            flips = f"{b['flips']}" if b["reached"] else f">{b['budget']}"
+            lines.append(f"| {fed} | {name} | {pct(b['acc'])} | {pct(b['acc_quantized'])} | {flips} ({b['budget']}) | "
+                         f"{pct(b['acc_after'])} |")
+    print("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dataset", default="digits")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--sections", default="nc,prune,data,frequency,bitflip")
+    ap.add_argument("--rounds", type=int, default=10, help="federation rounds")
+    ap.add_argument("--local-epochs", type=int, default=2)
+    ap.add_argument("--nc-passes", type=int, default=60)
+    ap.add_argument("--fp-epochs", type=int, default=10)
+    ap.add_argument("--client-size", type=int, default=720)
+    ap.add_argument("--poison", type=float, default=0.02, help="poisoned fraction of the client's share")
+    ap.add_argument("--local-train-epochs", type=int, default=20)
+    ap.add_argument("--freq-clean", type=int, default=600, help="clean images the frequency detector trains on")
+    ap.add_argument("--no-retrain", dest="retrain", action="store_false")
+    ap.add_argument("--abd-steps", type=int, default=200)
+    ap.add_argument("--flip-budget", type=int, default=40)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    args.sections = set(args.sections.split(","))
+    torch.set_num_threads(1)
+    figures: dict[str, Any] = {"args": {k: (sorted(v) if isinstance(v, set) else v) for k, v in vars(args).items()}}
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        if args.sections & {"nc", "prune"}:
+            print("## Global models: Neural Cleanse, fine-pruning", flush=True)
+            section_models(args, out, figures)
+        if "data" in args.sections:
+            print("## A client audits its own data", flush=True)
+            section_data(args, figures)
+        if "frequency" in args.sections:
+            print("## Frequency detector on unseen triggers", flush=True)
+            section_frequency(args, figures)
+        if "bitflip" in args.sections:
+            print("## Bit flips on the deployed model", flush=True)
+            section_bitflip(args, out, figures)
+    print(f"total {time.perf_counter() - t0:.0f}s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=1, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -114,7 +114,7 @@ def load_scenario_with_imports(path: Path, overrides: list[str], imports: list[s
 def _round_line(row) -> str:
     """One round as a fixed-width line (``row`` None: the header); ASR last, it varies in width."""
     cols = [("round", 5), ("clean acc", 9), ("test loss", 9), ("train loss", 10), ("accepted", 8),
-            ("malicious", 9), ("failed", 6), ("s", 6)]
+            ("malicious", 9), ("failed", 6), ("s", 5)]
     if row is None:
         return "  ".join(f"{c:>{w}}" for c, w in cols) + "  ASR"
 
@@ -177,8 +177,9 @@ def run(
     from fedsec.report import scenario_line
 
     if level >= 0:
-        console.print(f"[bold]{s.name}[/]: {scenario_line(s.to_dict())}; {s.server.rounds} rounds, "
-                      f"engine {s.run.engine}", highlight=False)
+        console.print(f"[bold]{s.name}[/]: {scenario_line(s.to_dict())}; {s.server.rounds} "
+                      f"round{'s' if s.server.rounds > 1 else ''}, engine {s.run.engine}", highlight=False,
+                      soft_wrap=True)
     hooks = Hooks()
     per_round = max(int(s.data.num_clients * s.server.fraction_train), 1)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -197,10 +198,11 @@ def run(
                 return
             if not hooks.extra.get("header_printed"):  # once, with round 0 when the run starts fresh
                 hooks.extra["header_printed"] = True
-                console.print(_round_line(None), highlight=False, style="bold")
+                console.print(_round_line(None), highlight=False, style="bold", soft_wrap=True)
                 if row["round"] == 1 and hooks.extra.get("initial"):
-                    console.print(_round_line({"round": 0, **hooks.extra["initial"]}), highlight=False)
-            console.print(_round_line(row), highlight=False)
+                    console.print(_round_line({"round": 0, **hooks.extra["initial"]}), highlight=False,
+                                  soft_wrap=True)
+            console.print(_round_line(row), highlight=False, soft_wrap=True)
 
         hooks.on_round_end, hooks.on_reply = on_round_end, on_reply
         result = run_federation(s, output=output, resume=resume, progress=hooks)

@@ -122,7 +122,6 @@ def configure(verbosity: int = NORMAL, stream: TextIO | None = None) -> logging.
     handler.setFormatter(_LevelPrefix(fmt))
     logger.addHandler(handler)
     logger.setLevel(level)
-    logger.propagate = False  # the CLI's handler is the one place fedsec's records are shown
     silence_third_party(verbose=verbosity >= VERBOSE)
     return logger
 

@@ -254,7 +254,8 @@ def scenario_line(raw: dict[str, Any]) -> str:
     """One line naming what a run was: ``krum(f=2) vs alie · 4/20 clients malicious (20%) ·
     Dirichlet α=0.5 · digits, cnn``."""
     p = scenario_parts(raw)
-    return f"{p['rule']} vs {p['attack']} · {p['fraction']} · {p['split']} · {p['data']}"
+    versus = f"{p['rule']} vs {p['attack']}" if raw.get("attack") else f"{p['rule']}, no attack"
+    return f"{versus} · {p['fraction']} · {p['split']} · {p['data']}"
 
 
 # -- curves --------------------------------------------------------------------------------
@@ -347,7 +348,7 @@ def curves_figure(rows: list[dict[str, Any]], summary: dict[str, Any] | None = N
     top.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     if has_loss:
         ax = axes[1]
-        for key, style, label in (("test_loss", "-", "test loss"), ("train_loss", ":", "train loss (clients, weighted)")):
+        for key, style, label in (("test_loss", "-", "test loss"), ("train_loss", ":", "train loss (clients, example-weighted)")):
             xs, ys = _series(points, key)
             if ys:
                 ax.plot(xs, ys, ls=style, marker="." if marker else None, lw=1.6,
@@ -660,7 +661,7 @@ def compare_runs(run_dirs: Sequence[str | Path], out: str | Path, labels: Sequen
     runs = [(n, read_metrics(d / METRICS), _read_json(d / "summary.json")) for n, d in zip(names, dirs)]
     # the parts of the scenario line every run shares make the title; the rest is in the labels
     parts = [scenario_parts(r) for r in raws]
-    common = [f"{k} {v}" if k in ("rule", "attack") else v for k, v in parts[0].items()
+    common = [f"{k} {v}" if k in ("rule", "attack") and v != "no attack" else v for k, v in parts[0].items()
               if all(p[k] == v for p in parts[1:])]
     title = f"{len(dirs)} runs" + (f": {' · '.join(common)}" if common else "")
     windows = [attack_windows(rows) for _, rows, _ in runs]

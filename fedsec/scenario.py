@@ -184,11 +184,27 @@ class ServerConfig:
     root_size: int = 0
     """Examples of the server's own clean root set (FLTrust), drawn from the test split and
     then left out of evaluation; 0 = 100 when the rule needs a root set, else none."""
+    min_nodes: int = 0
+    """Connected nodes a round needs (the server waits for them up to ``wait_timeout``, then
+    samples among the nodes connected); 0 = data.num_clients, every partition (simulation).
+    On a real deployment set it below num_clients so a lost node does not stop the run."""
+    wait_timeout: float = 600.0
+    """Seconds the server waits for ``min_nodes`` nodes to connect and answer its discovery
+    query (covers workers' cold start: a process that imports torch and loads its data)."""
+    round_timeout: float = 0.0
+    """Seconds the server waits for a round's replies; a client not in by then counts as
+    failed ("no reply within ..."). 0 = wait until every sampled node replies or is reported
+    unavailable (Flower's SuperLink reports a node whose heartbeat stopped)."""
 
     def validate(self, path: str) -> None:
         from fedsec.strategies import AGGREGATORS
 
         _check(self.rounds >= 1, f"{path}.rounds", self.rounds, "an integer >= 1")
+        _check(self.min_nodes >= 0, f"{path}.min_nodes", self.min_nodes,
+               "an integer >= 0 (0 = data.num_clients)")
+        _check(self.wait_timeout > 0, f"{path}.wait_timeout", self.wait_timeout, "a number of seconds > 0")
+        _check(self.round_timeout >= 0, f"{path}.round_timeout", self.round_timeout,
+               "a number of seconds >= 0 (0 = no limit)")
         _check(0 < self.fraction_train <= 1, f"{path}.fraction_train", self.fraction_train,
                "a number in (0, 1]")
         _check(self.server_lr > 0, f"{path}.server_lr", self.server_lr, "a number > 0")
@@ -337,6 +353,8 @@ class Scenario:
         self.model.validate("model")
         self.client.validate("client")
         self.server.validate("server")
+        _check(self.server.min_nodes <= self.data.num_clients, "server.min_nodes", self.server.min_nodes,
+               f"at most data.num_clients = {self.data.num_clients}")
         seen: dict[int, int] = {}
         for i, a in enumerate(self.attack):
             a.validate(f"attack[{i}]", self.data.num_clients)

@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 import torch
 
 from fedsec.registry import Registry
+from fedsec.validation import check
 
 AGGREGATORS: Registry = Registry("aggregation rule")
 register_aggregator = AGGREGATORS.register
@@ -57,9 +58,8 @@ class AggregationResult:
 
 
 def check_param(ok: bool, owner: str, name: str, value: object, expected: str) -> None:
-    """Raise ``ValueError`` naming the hyperparameter and its bad value."""
-    if not ok:
-        raise ValueError(f"{owner}: {name} must be {expected}, got {value!r}")
+    """Raise ``ValueError("owner.name: got value, expected ...")`` (fedsec.validation's one style)."""
+    check(ok, f"{owner}.{name}", value, expected)
 
 
 def is_int(x: object) -> bool:

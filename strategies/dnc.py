@@ -47,6 +47,9 @@ class DnC(Aggregator):
     order, so the rule is permutation invariant for a fixed generator state).
     accepted = the final good set; scores = s_i / mean_j s_j averaged over the
     iterations (higher = more suspect).
+    On clean data each iteration still drops floor(c f) clients and the
+    intersection compounds it: about 60% of honest clients rejected at n=20,
+    f=4, d=4e4, isotropic updates (the mean of the rest stays unbiased).
     Cost: niters x (a randperm of d, an (n, b) gather and an n x n eigh).
     """
 
@@ -72,14 +75,16 @@ class DnC(Aggregator):
                              f"clients leaves none; needs n > c f")
         good = torch.ones(n, dtype=torch.bool, device=U.device)
         total = torch.zeros(n, dtype=torch.float64, device=U.device)
-        for _ in range(self.niters):
+        # with every coordinate sampled the iterations would repeat the same step
+        iters = 1 if self.b >= d else self.niters
+        for _ in range(iters):
             cols = sample_coordinates(d, self.b, generator, U.device)
             s = dnc_scores(U.index_select(1, cols), generator)
             good &= lowest_mask(s, keep)
             mean_s = s.mean()
             total += s / mean_s if bool(mean_s > 0) else torch.zeros_like(s)
         return AggregationResult(vector=weighted_mean(U, weights, good), accepted=good,
-                                 scores=total / self.niters)
+                                 scores=total / iters)
 
 
 def kept_count(n: int, f: int, c: float) -> int:

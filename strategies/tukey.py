@@ -58,8 +58,9 @@ class Tukey(Aggregator):
     Parameters
     ----------
     projections : m, the number of random directions in the subspace (>= 1).
-    dim         : k, the subspace dimension (>= 1; k = 1 gives the median of one
-                  random projection). Needs k < n to be informative.
+    dim         : k, the subspace dimension (>= 1, default 3; k = 1 gives the
+                  median of one random projection, which a group can hide in).
+                  Needs k < n to be informative.
 
     Cost: the projection O(n d k) (one (n, d) @ (d, k) product, the Gaussian
     basis drawn in blocks of at most 2^24 numbers) plus O(m n^2) comparisons

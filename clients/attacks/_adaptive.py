@@ -101,5 +101,10 @@ class RuleProbe:
     def any_malicious_accepted(self, out) -> bool:
         return bool(out.accepted.to(self.base.device)[self.malicious].any())
 
-    def all_malicious_accepted(self, out) -> bool:
-        return bool(out.accepted.to(self.base.device)[self.malicious].all())
+    def malicious_selected(self, out) -> bool:
+        """The malicious rows fill the rule's selection as far as they can: all c of them are
+        accepted, or, for a rule that keeps fewer than c clients (Krum keeps one), every
+        client it keeps is malicious."""
+        accepted = out.accepted.to(self.base.device)
+        mal = int(accepted[self.malicious].sum())
+        return mal == min(int(self.malicious.sum()), int(accepted.sum())) and mal > 0

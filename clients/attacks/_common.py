@@ -9,12 +9,12 @@ import torch
 from torch import nn
 
 from fedsec.data.triggers import Trigger
+from fedsec.validation import check as _check
 
 
 def check(cond: bool, name: str, value: Any, expected: str) -> None:
-    """Raise ``ValueError("name: got value, expected ...")`` unless ``cond``."""
-    if not cond:
-        raise ValueError(f"{name}: got {value!r}, expected {expected}")
+    """Raise ``ValueError("name: got value, expected ...")`` unless ``cond`` (fedsec.validation)."""
+    _check(cond, name, value, expected)
 
 
 def is_int(v: Any) -> bool:

@@ -17,13 +17,16 @@ halve the step until successive candidates differ by at most ``tau``),
 evaluating the actual rule at every candidate; a candidate is a "success"
 (gamma grows) under ``objective``:
 
-- ``"selection"`` (their Krum / Multi-Krum / Bulyan notebooks): every
-  malicious row is in the rule's ``accepted``;
+- ``"selection"`` (their Krum / Multi-Krum / Bulyan notebooks): the
+  malicious rows are selected: all of them are in the rule's ``accepted``,
+  or, for a rule that keeps fewer than c clients (Krum keeps one), every
+  client it keeps is malicious (the crafted rows are identical, so keeping
+  one of them is selecting the malicious update);
 - ``"deviation"`` (their trimmed-mean / median notebooks): the aggregate
   moved farther from mu than at the previous candidate
   (``prev_loss < loss``);
-- ``"auto"`` (default, for any rule): every malicious row is accepted and
-  the aggregate moved farther from mu than at the best success so far. On a
+- ``"auto"`` (default, for any rule): the malicious rows are selected (as
+  above) and the aggregate moved farther from mu than at the best success so far. On a
   selection rule this is the selection test (a larger accepted gamma always
   deviates more); on a rule that accepts everyone it is a monotone ascent of
   the deviation, which stops at the smallest gamma reaching its plateau.
@@ -83,11 +86,11 @@ def success_test(objective: str, probe: RuleProbe, mu: torch.Tensor, direction: 
     def test(gamma: float) -> bool:
         out, dev = run(gamma)
         if objective == "selection":
-            return probe.all_malicious_accepted(out)
+            return probe.malicious_selected(out)
         if objective == "deviation":
             ok, memory["prev"] = memory["prev"] < dev, dev
             return ok
-        ok = probe.all_malicious_accepted(out) and dev > memory["best"]
+        ok = probe.malicious_selected(out) and dev > memory["best"]
         if ok:
             memory["best"] = dev
         return ok

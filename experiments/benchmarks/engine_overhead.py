@@ -1,20 +1,37 @@
 """Seconds per round of the same federation under each engine, against a plain PyTorch loop.
 
-    python experiments/benchmarks/engine_overhead.py [--clients 20 --rounds 5 --epochs 2]
+    python experiments/benchmarks/engine_overhead.py                      # everything, a few minutes
+    python experiments/benchmarks/engine_overhead.py --axes engines --rounds 5
+    python experiments/benchmarks/engine_overhead.py --axes clients --clients 20d,100,1000
 
-Runs one scenario (default: digits, 20 clients, 5 rounds, 2 local epochs,
-small CNN, FedAvg) under ``ray``, ``inline`` and ``flower``, plus a plain
-single-process loop written out below with the identical local training
-(same partitions, batch order, SGD) and weighted averaging: the floor with no
-framework at all. Prints start-up time, steady-state seconds per round
-(rounds 2..R), ratios to the plain loop, and the same with 0 local epochs,
-whose per-client time is pure framework overhead per message.
+Two tables, each row one federation of the bundled digits with the small CNN,
+FedAvg, 2 local epochs (``--epochs``), batch 32, seed 0:
+
+- ``engines``: the quickstart (20 clients, Dirichlet(0.5)) under ``ray``,
+  ``inline``, ``flower`` and the vectorized path (``run.vectorize``) on
+  ``inline`` and ``ray``; then the same with 0 local epochs, whose time per
+  client is pure framework cost per message.
+- ``clients``: the client-count axis (``20d`` = 20 Dirichlet(0.5), ``20`` /
+  ``100`` / ``1000`` = IID) for the plain loop, ``inline`` and the vectorized
+  path (``--vec-engines inline,ray``).
+
+The floor is a plain single-process loop written out below with the identical
+local training (same partitions, batch order, SGD) and weighted averaging, plus
+the server's test-set evaluation each round: the same work with no framework.
+Every figure is seconds per steady-state round: the median over rounds 2..R
+(round 1 pays start-up: actors, kernels, caches); ``x plain`` is the ratio to
+the floor (below 1 is faster); ``gc s`` is the time Python's cyclic garbage
+collector took per round. The 1-minute load average is printed with each table:
+on a shared machine it says how far to trust the figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
+import os
+import statistics
 import time
 import warnings
 
@@ -27,6 +44,27 @@ from fedsec.seeding import generator
 
 warnings.simplefilter("ignore")
 logging.getLogger("flwr").setLevel(logging.ERROR)
+
+
+class GcClock:
+    """Seconds spent in Python's cyclic GC while active."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self._t = 0.0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._t = time.perf_counter()
+        else:
+            self.total += time.perf_counter() - self._t
+
+    def __enter__(self) -> GcClock:
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        gc.callbacks.remove(self)
 
 
 def plain_loop(s) -> tuple[float, list[float]]:
@@ -76,28 +114,89 @@ def engine_run(s) -> tuple[float, list[float]]:
     return total - sum(per_round), per_round
 
 
+def steady(per_round: list[float]) -> float:
+    return statistics.median(per_round[1:] or per_round)
+
+
+def measure(name: str, s, plain: bool = False) -> tuple[str, float, list[float], float]:
+    with GcClock() as clock:
+        startup, per = plain_loop(s) if plain else engine_run(s)
+    return name, startup, per, clock.total / max(len(per), 1)
+
+
+VARIANTS = {  # name -> scenario overrides
+    "ray": ['run.engine="ray"'],
+    "inline": ['run.engine="inline"'],
+    "flower": ['run.engine="flower"'],
+    "inline+vec": ['run.engine="inline"', "run.vectorize=true"],
+    "ray+vec": ['run.engine="ray"', "run.vectorize=true"],
+}
+
+
+def table(title: str, rows, clients: int) -> None:
+    floor = steady(rows[0][2])
+    load = os.getloadavg()[0]
+    print(f"\n{title}  (load average {load:.1f} on {os.cpu_count()} CPUs)")
+    print(f"{'variant':<14}{'start-up s':>11}{'s/round':>10}{'x plain':>9}{'ms/client':>11}{'gc s':>7}")
+    for name, startup, per, gc_s in rows:
+        st = steady(per)
+        print(f"{name:<14}{startup:>11.2f}{st:>10.3f}{st / floor:>9.2f}"
+              f"{1000 * (st - floor) / clients:>11.2f}{gc_s:>7.3f}", flush=True)
+
+
+def base(clients: int, partitioner: str, rounds: int, epochs: int) -> list[str]:
+    return [f"data.num_clients={clients}", f'data.partitioner="{partitioner}"', f"server.rounds={rounds}",
+            f"client.epochs={epochs}"]
+
+
+def engines_axis(args) -> None:
+    for epochs in (args.epochs, 0):
+        over = base(20, "dirichlet", args.rounds, epochs)
+        rows = [measure("plain loop", load_scenario(QUICK, over), plain=True)]
+        for name in args.engines.split(","):
+            rows.append(measure(name, load_scenario(QUICK, over + VARIANTS[name])))
+        table(f"20 clients Dirichlet(0.5) x {args.rounds} rounds x {epochs} local epochs "
+              f"(median of rounds 2..{args.rounds})", rows, 20)
+
+
+def clients_axis(args) -> None:
+    for spec in args.clients.split(","):
+        dirichlet = spec.endswith("d")
+        n = int(spec.rstrip("d"))
+        over = base(n, "dirichlet" if dirichlet else "iid", args.rounds, args.epochs)
+        rows = [measure("plain loop", load_scenario(QUICK, over), plain=True)]
+        for name in ["inline"] + [f"{e}+vec" for e in args.vec_engines.split(",") if e]:
+            if name == "inline" and n > args.max_sequential:
+                continue
+            rows.append(measure(name, load_scenario(QUICK, over + VARIANTS[name])))
+        kind = "Dirichlet(0.5)" if dirichlet else "IID"
+        table(f"{n} clients {kind} x {args.rounds} rounds x {args.epochs} local epochs "
+              f"(median of rounds 2..{args.rounds})", rows, n)
+
+
+QUICK = "experiments/quickstart.toml"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--clients", type=int, default=20)
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=4, help="rounds per run (round 1 is warm-up)")
     ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--engines", default="ray,inline,flower")
+    ap.add_argument("--axes", default="engines,clients", help="engines, clients or both")
+    ap.add_argument("--engines", default="ray,inline,flower,inline+vec,ray+vec",
+                    help=f"variants of the engines table, from {list(VARIANTS)}")
+    ap.add_argument("--clients", default="20d,20,100,1000",
+                    help="client counts of the clients table; a trailing d = Dirichlet(0.5), else IID")
+    ap.add_argument("--vec-engines", default="inline,ray", help="engines the vectorized path runs on")
+    ap.add_argument("--max-sequential", type=int, default=1000,
+                    help="skip the per-client inline engine above this many clients")
     args = ap.parse_args()
-    for epochs in (args.epochs, 0):
-        base = [f"data.num_clients={args.clients}", f"server.rounds={args.rounds}", f"client.epochs={epochs}"]
-        rows = []
-        s_plain = load_scenario("experiments/quickstart.toml", base)
-        rows.append(("plain loop", *plain_loop(s_plain)))
-        for eng in args.engines.split(","):
-            s = load_scenario("experiments/quickstart.toml", base + [f'run.engine="{eng}"'])
-            rows.append((eng, *engine_run(s)))
-        floor = sum(rows[0][2][1:]) / max(len(rows[0][2]) - 1, 1)
-        print(f"\n{args.clients} clients x {args.rounds} rounds x {epochs} local epochs (steady state = rounds 2..{args.rounds})")
-        print(f"{'engine':<12}{'start-up s':>12}{'s/round':>10}{'x plain':>9}{'ms/client msg':>15}")
-        for name, startup, per in rows:
-            steady = sum(per[1:]) / max(len(per) - 1, 1)
-            overhead_ms = 1000 * (steady - floor) / args.clients
-            print(f"{name:<12}{startup:>12.2f}{steady:>10.3f}{steady / floor:>9.2f}{overhead_ms:>15.1f}")
+    if args.rounds < 2:
+        ap.error("--rounds must be >= 2 (round 1 is warm-up)")
+    axes = set(args.axes.split(","))
+    if "engines" in axes:
+        engines_axis(args)
+    if "clients" in axes:
+        clients_axis(args)
 
 
 if __name__ == "__main__":

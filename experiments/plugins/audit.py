@@ -120,14 +120,7 @@ def section_models(args, out: Path, figures: dict) -> None:
                            norms=r.figures["l1_norms"], nc_seconds=time.perf_counter() - t0)
                 nc_rows.append(row)
             if "prune" in args.sections:
-                _, r = FinePruning(epochs=args.fp_epochs).repair(
-                    audit_target(model, clean, ev, ds, seed, eval_triggers=trig))
-                f = r.figures
-                fp_rows.append({"seed": seed, "attacked": attacked, "pruned": len(f["pruned"]),
-                                "channels": f["channels"],
-                                **{f"{k}_acc": f[k]["acc"] for k in ("before", "after_pruning", "after_fine_tuning")},
-                                **{f"{k}_asr": f[k]["asr"]["badnets"]
-                                   for k in ("before", "after_pruning", "after_fine_tuning")}})
+                fp_rows.append(prune_row(args, model, clean, ev, ds, seed, trig, attacked))
             print(f"  seed {seed} {'backdoored' if attacked else 'clean'}: acc {pct(acc)} ASR {pct(asr)} "
                   f"(federation {t_fed:.0f}s)" + (f", NC index {row['index']:.2f} target {row['target']}"
                                                  if "index" in row else ""), flush=True)
@@ -156,13 +149,39 @@ def nc_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def prune_row(args, model, clean, ev, ds, seed, trig, attacked) -> dict:
+    """Fine-pruning at two fine-tuning rates, and the fine-tuning-only control (Liu et al.'s comparison)."""
+    import copy
+
+    row: dict[str, Any] = {"seed": seed, "attacked": attacked}
+    _, r = FinePruning(epochs=args.fp_epochs, lr=0.05).repair(audit_target(model, clean, ev, ds, seed,
+                                                                          eval_triggers=trig))
+    f = r.figures
+    row.update(pruned=len(f["pruned"]), channels=f["channels"], before=f["before"], pruned_only=f["after_pruning"],
+               fp_lr05=f["after_fine_tuning"])
+    _, r = FinePruning(epochs=args.fp_epochs, lr=0.01).repair(audit_target(model, clean, ev, ds, seed,
+                                                                          eval_triggers=trig))
+    row["fp_lr01"] = r.figures["after_fine_tuning"]
+    ft = copy.deepcopy(model)
+    sgd_train(ft, clean, epochs=args.fp_epochs, batch_size=32, lr=0.05, momentum=0.9, weight_decay=0.0,
+              generator=generator(seed, "audit-experiment"), device="cpu")
+    row["ft_lr05"] = {"acc": accuracy(ft, ev), "asr": {"badnets": attack_success_rate(ft, ev, trig["badnets"])}}
+    return row
+
+
 def fp_table(rows: list[dict]) -> str:
-    lines = ["| seed | model | pruned | acc before / pruned / fine-pruned | ASR before / pruned / fine-pruned |",
-             "|---|---|---|---|---|"]
+    keys = ["before", "pruned_only", "fp_lr01", "fp_lr05", "ft_lr05"]
+    names = ["before", "pruned only", "fine-pruned (lr 0.01)", "fine-pruned (lr 0.05)", "fine-tuned only (lr 0.05)"]
+    lines = ["| seed | model | pruned | " + " | ".join(f"{n}: acc / ASR" for n in names) + " |",
+             "|---|---|---|" + "---|" * len(keys)]
     for r in rows:
         lines.append(f"| {r['seed']} | {'BadNets' if r['attacked'] else 'clean'} | {r['pruned']}/{r['channels']} | "
-                     f"{pct(r['before_acc'])} / {pct(r['after_pruning_acc'])} / {pct(r['after_fine_tuning_acc'])} | "
-                     f"{pct(r['before_asr'])} / {pct(r['after_pruning_asr'])} / {pct(r['after_fine_tuning_asr'])} |")
+                     + " | ".join(f"{pct(r[k]['acc'])} / {pct(r[k]['asr']['badnets'])}" for k in keys) + " |")
+    bd = [r for r in rows if r["attacked"]]
+    if bd:
+        lines.append("| mean | BadNets | | " + " | ".join(
+            f"{pct(_mean([r[k]['acc'] for r in bd]))} / {pct(_mean([r[k]['asr']['badnets'] for r in bd]))}"
+            for k in keys) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -55,7 +55,8 @@ def plugin_params(toml_path: Path) -> dict:
     raw = tomllib.loads(toml_path.read_text())
     for p in raw.get("plugins", []):
         if p["name"] == "watermark":
-            return dict(p.get("params", {}))
+            # as the plugin does in a federation: no seed given = the scenario's run.seed
+            return {"seed": raw.get("run", {}).get("seed", 0), **p.get("params", {})}
     raise SystemExit(f"{toml_path}: no [[plugins]] entry named 'watermark'")
 
 
@@ -106,7 +107,7 @@ def main() -> None:
         out.append(f"source: federation ({toml_path.name}, {secs:.0f} s, run dir {run_dir})")
     else:
         t0 = time.perf_counter()
-        model = central_model(wm.seed)
+        model = central_model(wm.key_seed)
         out.append(f"source: CNN trained centrally on the digits train split "
                    f"({time.perf_counter() - t0:.1f} s, acc {accuracy(model, ds.test):.4f})")
         res_pert = None
@@ -123,13 +124,13 @@ def main() -> None:
     res_plain = wm.evaluate(model, w0, ds.test, ds.in_shape, control=control, injection=log0)
     out += [format_table(res_plain, "Ablation: plain fine-tuning (perturb = false)")]
 
-    out += ["### Ablation summary", "",
+    out += ["### Ablation summary (p: paired / panel)", "",
             "| injection | acc | ID WSR | OoD WSR | " + " | ".join(f"{a} ID/OoD WSR, p" for a in wm.attacks) + " |",
             "|---" * (4 + len(wm.attacks)) + "|"]
     for name, r in (("perturbed", res_pert), ("plain", res_plain)):
         v = r["watermarked"]
         cells = [f"{r['attacks'][a]['wsr_id']:.3f}/{r['attacks'][a]['wsr_ood']:.3f}, "
-                 f"{r['attacks'][a]['p_value']:.2g}" for a in wm.attacks]
+                 f"{r['attacks'][a]['p_value']:.2g} / {r['attacks'][a]['p_panel']:.2g}" for a in wm.attacks]
         out.append(f"| {name} | {v['acc']:.4f} | {v['wsr_id']:.4f} | {v['wsr_ood']:.4f} | " + " | ".join(cells) + " |")
     out.append("")
 
@@ -142,21 +143,20 @@ def main() -> None:
                          "Stronger attacker (attack_lr 0.05, 30 epochs), plain fine-tuning")]
 
     if not args.no_sweep:
-        verify, _ = wm.split(ds.test)
-        trig = wm.trigger_fn(ds.in_shape)
-        x_ood = wm.surrogate(ds.in_shape, verify=True)
+        ver = wm.verifier(ds.test, ds.in_shape, model)
         out += ["### Gamma sweep (perturbed fine-tuning, victim and FT-AL)", "",
-                "| gamma | acc | ID WSR | OoD WSR | p | FT-AL acc | FT-AL ID WSR | FT-AL OoD WSR | FT-AL p |",
+                "| gamma | acc | ID WSR | OoD WSR | p paired / panel | FT-AL acc | FT-AL ID WSR | FT-AL OoD WSR "
+                "| FT-AL p paired / panel |",
                 "|---|---|---|---|---|---|---|---|---|"]
         for g in (0.0, 0.01, "auto", 0.02, 0.03, 0.05, 0.1):
             cfg = Watermark(**{**params, "gamma": g, "perturb": g != 0.0})
             wg, lg = cfg.inject(model, ds.in_shape)
-            v = cfg.measure(wg, model, verify, x_ood, trig)
-            a = cfg.measure(cfg.attack("FT-AL", wg, attacker), model, verify, x_ood, trig)
+            v = ver.measure(wg)
+            a = ver.measure(cfg.attack("FT-AL", wg, attacker))
             label = f"auto={lg['gamma']:.4f}" if g == "auto" else (f"{g}" if g else "0 (plain)")
             out.append(f"| {label} | {v['acc']:.4f} | {v['wsr_id']:.4f} | {v['wsr_ood']:.4f} | "
-                       f"{v['p_value']:.2g} | {a['acc']:.4f} | {a['wsr_id']:.4f} | {a['wsr_ood']:.4f} | "
-                       f"{a['p_value']:.2g} |")
+                       f"{v['p_value']:.2g} / {v['p_panel']:.2g} | {a['acc']:.4f} | {a['wsr_id']:.4f} | "
+                       f"{a['wsr_ood']:.4f} | {a['p_value']:.2g} / {a['p_panel']:.2g} |")
         out.append("")
     out += [f"(watermark experiments: {time.perf_counter() - t0:.0f} s)", "", PAPER]
     text = "\n".join(out)

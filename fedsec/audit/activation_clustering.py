@@ -50,18 +50,30 @@ from fedsec.audit.features import penultimate
 
 
 def reduce_dims(x: np.ndarray, dims: int, method: str, seed: int) -> np.ndarray:
-    """(n, d) -> (n, min(dims, d, n - 1)) by FastICA or PCA (scikit-learn)."""
+    """(n, d) -> (n, k) by FastICA or PCA (scikit-learn), k = min(dims, rank of the centred x).
+
+    Both start from the top-k principal directions (ReLU activations have dead
+    units, and a class may span fewer than ``dims`` directions). ``ica`` whitens
+    them to unit variance here and lets FastICA find the rotation (its own
+    unit-variance whitening returned NaN on rank-deficient activations); ``pca``
+    keeps the principal coordinates with their variances.
+    """
     import warnings
 
-    from sklearn.decomposition import PCA, FastICA
+    from sklearn.decomposition import FastICA
 
-    k = max(1, min(dims, x.shape[1], x.shape[0] - 1))
+    xc = x - x.mean(0, keepdims=True)
+    u, s, _ = np.linalg.svd(xc, full_matrices=False)
+    rank = int((s > s[0] * 1e-6).sum()) if s.size and s[0] > 0 else 0
+    k = max(1, min(dims, rank))
     if method == "pca":
-        return PCA(n_components=k, random_state=seed).fit_transform(x)
+        return u[:, :k] * s[:k]
+    white = u[:, :k] * np.sqrt(len(x))
+    if k == 1:
+        return white
     with warnings.catch_warnings():  # FastICA on a few hundred points rarely reaches tol; the split still holds
         warnings.simplefilter("ignore")
-        return FastICA(n_components=k, max_iter=1000, tol=0.005, whiten="unit-variance",
-                       random_state=seed).fit_transform(x)
+        return FastICA(whiten=False, max_iter=1000, tol=0.005, random_state=seed).fit_transform(white)
 
 
 def two_means(x: np.ndarray, seed: int) -> np.ndarray:

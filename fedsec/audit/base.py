@@ -94,8 +94,9 @@ def reject_unknown(cls: type, args: tuple, kwargs: dict[str, Any], owner: str) -
 
 def check(cond: bool, owner: str, name: str, value: Any, expected: str) -> None:
     """Raise ``ValueError("owner.name: got value, expected ...")`` unless ``cond``."""
-    if not cond:
-        raise ValueError(f"{owner}.{name}: got {value!r}, expected {expected}")
+    from fedsec.validation import check as _check
+
+    _check(cond, f"{owner}.{name}", value, expected)
 
 
 # --------------------------------------------------------------------------------------

@@ -41,7 +41,9 @@ LOCATIONS = ("top_left", "top_right", "bottom_left", "bottom_right", "center")
 
 
 def _bad(name: str, value: Any, expected: str) -> ValueError:
-    return ValueError(f"{name}: got {value!r}, expected {expected}")
+    from fedsec.validation import invalid
+
+    return invalid(name, value, expected)
 
 
 def _is_num(v: Any) -> bool:

@@ -31,6 +31,32 @@ def dataset_of(s: Scenario) -> DatasetSplits:
     return load_dataset(s.data.dataset, s.data.root, s.data.download)
 
 
+# dataset name -> (in_shape, num_classes) known without loading it: a SuperNode that holds
+# only its own data file (fedsec.federation.deployment) or a Ray actor reading the shared copy.
+_INFO: dict[str, tuple[tuple[int, ...], int]] = {}
+
+
+def register_dataset_info(name: str, in_shape: tuple[int, ...], num_classes: int) -> None:
+    _INFO[name] = (tuple(int(d) for d in in_shape), int(num_classes))
+
+
+def dataset_info(s: Scenario) -> tuple[tuple[int, ...], int]:
+    """(in_shape, num_classes) of the scenario's dataset, loading it only if nothing told us."""
+    if s.data.dataset in _INFO:
+        return _INFO[s.data.dataset]
+    ds = dataset_of(s)
+    return tuple(ds.in_shape), ds.num_classes
+
+
+def local_data(s: Scenario, pid: int):
+    """Partition ``pid``'s training data: rows of this process's shared copy
+    (fedsec.federation.shared, Ray's object store) if one is attached, else of the dataset."""
+    from fedsec.federation import shared
+
+    got = shared.partition(s, pid)
+    return got if got is not None else dataset_of(s).train.subset(partitions_of(s)[pid])
+
+
 @functools.lru_cache(maxsize=8)
 def _partitions(dataset: str, root: str, download: bool, name: str, params_json: str,
                 num_clients: int, seed: int) -> tuple[np.ndarray, ...]:
@@ -48,9 +74,9 @@ def partitions_of(s: Scenario) -> tuple[np.ndarray, ...]:
 
 def new_model(s: Scenario, *keys: object) -> nn.Module:
     """A fresh model of the scenario's architecture, initialised from (seed, 'init', *keys)."""
-    ds = dataset_of(s)
+    in_shape, num_classes = dataset_info(s)
     with scoped_seed(s.run.seed, "init", *keys):
-        return build_model(s.model.name, in_shape=ds.in_shape, num_classes=ds.num_classes, **s.model.params)
+        return build_model(s.model.name, in_shape=in_shape, num_classes=num_classes, **s.model.params)
 
 
 class _Reusable:

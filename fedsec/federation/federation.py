@@ -232,21 +232,23 @@ class Federation:
 
     # -- the loop --------------------------------------------------------------------------
     def run(self, grid: Grid) -> FederationResult:
-        from fedsec.federation.discovery import discover
+        from fedsec.federation.discovery import Roster
         from fedsec.strategies import RobustStrategy
 
         s = self.scenario
+        min_nodes = s.server.min_nodes or s.data.num_clients
+        self.roster = Roster(self.toml, s.data.num_clients, min_nodes=min_nodes, timeout=s.server.wait_timeout)
         self.strategy = RobustStrategy(
             aggregator=self.rule,
             fraction_train=s.server.fraction_train,
             server_lr=s.server.server_lr,
             seed=s.run.seed,
-            partition_of=discover(grid, self.toml, s.data.num_clients),
+            partition_of=self.roster.wait(grid),
             adversary=self._adversary if self.adversaries else None,
             reference=self._reference if self.root_set is not None else None,
             device=self.device,
             min_train_nodes=1,
-            min_available_nodes=s.data.num_clients,
+            min_available_nodes=min_nodes,
         )
         if self.initial is None:
             self.initial = self._evaluate()
@@ -272,11 +274,15 @@ class Federation:
 
     def step(self, grid: Grid, rnd: int) -> RoundOutcome:
         """One round: send, collect, aggregate, plugins, evaluate."""
+        from fedsec.federation.discovery import collect
+
         assert self.strategy is not None
         t0 = time.perf_counter()
+        # Sample among the nodes connected now (deployment: nodes come and go).
+        self.strategy.partition_of = self.roster.refresh(grid, rnd)
         messages = list(self.strategy.configure_train(
             rnd, ArrayRecord(self.state), ConfigRecord({"scenario": self.toml}), grid))
-        replies = list(grid.send_and_receive(messages))
+        replies = collect(grid, messages, self.scenario.server.round_timeout)
         t_train = time.perf_counter() - t0
         arrays, _ = self.strategy.aggregate_train(rnd, replies)
         report = self.strategy.last_report
@@ -346,7 +352,13 @@ class Federation:
         model = new_model(s, "root").to(self.device)
         model.load_state_dict(sent)
         c = s.client
-        sgd_train(model, self.root_set, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
+        # FLTrust's server runs as many local iterations as a client (Cao et al., Alg. 1: R_l
+        # for both); on a root set smaller than a partition that takes more passes over it.
+        from fedsec.federation.env import partitions_of
+
+        mean_size = sum(len(p) for p in partitions_of(s)) / s.data.num_clients
+        epochs = max(1, round(c.epochs * mean_size / len(self.root_set)))
+        sgd_train(model, self.root_set, epochs=epochs, batch_size=c.batch_size, lr=c.lr,
                   momentum=c.momentum, weight_decay=c.weight_decay,
                   generator=generator(s.run.seed, "root", rnd), device=self.device)
         keys = [k for k, v in sent.items() if v.is_floating_point()]

@@ -70,6 +70,7 @@ from flwr.app import Context, Message, MessageType, MetricRecord, RecordDict
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
+from fedsec.federation import stacked
 from fedsec.federation.arrays import in_memory_content, tensor_record
 from fedsec.federation.env import device_of, reusable_model, scenario_from_toml
 from fedsec.seeding import derive_seed, torch_threads
@@ -154,6 +155,7 @@ class _Model:
     buffers: list[str]
     extra: dict[str, torch.Tensor]  # non-persistent buffers (not in the state): the template's
     pad: bool  # short batches padded and masked (else grouped by size)
+    stacked: bool = False  # fedsec.federation.stacked runs it (else vmap)
     unsupported: str | None = None
     per_client_bytes: int = 0
 
@@ -179,6 +181,7 @@ def _model_info(scenario, device: torch.device, in_shape: tuple[int, ...], batch
         buffers=[k for k, _ in template.named_buffers()],
         extra={k: b.detach() for k, b in template.named_buffers() if k not in persistent},
         pad=per_sample(template),
+        stacked=stacked.unsupported(template) is None and not info_has_buffers(template),
     )
     info.unsupported = _probe(info, device, in_shape)
     if info.unsupported is None:
@@ -247,8 +250,15 @@ def _memory_budget(device: torch.device) -> int:
     return int(0.25 * avail)
 
 
+def info_has_buffers(model: nn.Module) -> bool:
+    return any(True for _ in model.buffers())
+
+
 def _grad_fn(info: _Model, *, masked: bool):
+    """(params, consts, x, y, w) -> (per-client gradients, per-client losses), all stacked (k, ...)."""
     t = info.template
+    if info.stacked:
+        return lambda p, c, x, y, w: stacked.loss_and_grads(t, p, c, x, y, w if masked else None)
 
     def loss(params, consts, x, y, w):
         out = functional_call(t, (params, consts), (x,))
@@ -503,6 +513,7 @@ def _run_group(messages: Sequence[Message], contexts: Sequence[Context], idx: li
 
     Returns replies for the messages it settled; the others go to the per-client path."""
     from fedsec.federation.client import client_task, reply_metrics
+    from fedsec.federation.deployment import node_data
 
     cfg = messages[idx[0]].content["config"]
     s = scenario_from_toml(str(cfg["scenario"]))
@@ -518,7 +529,8 @@ def _run_group(messages: Sequence[Message], contexts: Sequence[Context], idx: li
         for i in idx:
             pid = int(contexts[i].node_config["partition-id"])
             try:
-                behaviour, task = client_task(s, pid, rnd, num_sampled, global_state, model)
+                behaviour, task = client_task(s, pid, rnd, num_sampled, global_state, model,
+                                              data=node_data(s, contexts[i].node_config))
                 cl = _Client(index=i, message=messages[i], pid=pid, behaviour=behaviour, task=task,
                              seed=derive_seed(s.run.seed, "client-rng", rnd, pid),
                              stages=type(behaviour).overridden_stages())

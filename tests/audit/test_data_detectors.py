@@ -194,3 +194,14 @@ def test_frequency_detector_flags_blended_data():
 def test_frequency_bad_params_name_the_field(kw, field):
     with pytest.raises(ValueError, match=f"frequency.{field}"):
         FrequencyDetector(**kw)
+
+
+def test_ica_survives_dead_units_and_rank_below_dims():
+    # ReLU features: most units dead, the class spans 4 directions (< nb_dims = 10)
+    g = torch.Generator().manual_seed(3)
+    feats = torch.zeros(75, 64)
+    feats[:, :4] = torch.randn(75, 4, generator=g).clamp_min(0)
+    feats[:15, :4] += 4.0
+    res = split_class(feats, dims=10, method="ica", seed=1921255282)
+    assert res["small"][:15].all() and not res["small"][15:].any()
+    assert math.isfinite(res["silhouette"])

@@ -217,6 +217,64 @@ def test_inject_leaves_model_untouched_and_is_deterministic(victim, digits, inje
         assert torch.equal(a, b)
 
 
+def _reference_injection(model, x, soft, poisoned, g, *, epochs, perturb_epochs, lr, bs, gamma, T, beta):
+    """The pre-refactor loop re-derived: in-place w + v for the forward, step from w (no sgd_train)."""
+    import copy as _copy
+
+    import torch.nn.functional as F
+
+    m = _copy.deepcopy(model)
+    pert = [p for p in m.parameters() if p.dim() > 1]
+    opt = torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    for epoch in range(epochs):
+        m.train()
+        order = torch.randperm(len(x), generator=g)
+        for i in range(0, len(x), bs):
+            idx = order[i : i + bs]
+            xb, sb, pb = x[idx], soft[idx], poisoned[idx]
+            v = None
+            if gamma > 0 and epoch < perturb_epochs:
+                w0 = [p.detach().clone() for p in pert]
+                logits = m(xb)
+                lp, lc = logits[pb], logits[~pb]
+                k = min(len(lp), len(lc))
+                kl = F.kl_div(F.log_softmax(lp[:k], 1), F.softmax(lc[:k], 1), reduction="batchmean") if k else 0
+                loss = -(sb * F.log_softmax(logits / T, 1)).sum(1).mean() + beta * kl
+                grads = torch.autograd.grad(loss, pert)
+                v = project_gamma_ball([gamma * w.norm() * gr / (gr.norm() + 1e-12) for w, gr in zip(w0, grads)],
+                                       w0, gamma)
+                with torch.no_grad():
+                    for p, vl in zip(pert, v):
+                        p.add_(vl)
+            loss = -(sb * F.log_softmax(m(xb) / T, 1)).sum(1).mean()
+            opt.zero_grad()
+            loss.backward()
+            if v is not None:
+                with torch.no_grad():
+                    for p, w in zip(pert, w0):
+                        p.copy_(w)
+            opt.step()
+    return m.eval()
+
+
+def test_injection_matches_an_independent_reference_loop(victim, digits):
+    from fedsec.plugins.watermark.inject import inject
+
+    x = surrogate_patches(96, digits.in_shape, seed=1)
+    soft = torch.softmax(victim(x) / 0.5, 1).detach()
+    poisoned = torch.zeros(96, dtype=torch.bool)
+    poisoned[::8] = True
+    kw = dict(epochs=3, perturb_epochs=2, lr=0.01, gamma=0.02)
+    new, log = inject(victim, x, soft, poisoned, generator=torch.Generator().manual_seed(4), momentum=0.9,
+                      weight_decay=5e-4, batch_size=32, temperature=0.5, beta=6.0, adv_lr=0.02, adv_steps=1, **kw)
+    ref = _reference_injection(victim, x, soft, poisoned, torch.Generator().manual_seed(4), bs=32, T=0.5,
+                               beta=6.0, **{k: v for k, v in kw.items()})
+    for a, b in zip(new.parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-5)
+    moved = sum(float((a - b).detach().abs().sum()) for a, b in zip(new.parameters(), victim.parameters()))
+    assert moved > 1e-3 and log["perturb"] and log["loss_last"] < log["loss_first"] + 1e-6
+
+
 # -- plugin hooks ---------------------------------------------------------------------
 
 

@@ -32,9 +32,9 @@ def test_registry_and_errors():
         register_pre_aggregator("nnm")(PreAggregator)
     with pytest.raises(TypeError, match="unknown hyperparameter.*'g'.*valid ones: f"):
         get_pre_aggregator("nnm", g=1)
-    with pytest.raises(ValueError, match="nnm: f must be an integer >= 0, got -1"):
+    with pytest.raises(ValueError, match=r"nnm.f: got -1, expected an integer >= 0"):
         get_pre_aggregator("nnm", f=-1)
-    with pytest.raises(ValueError, match="bucketing: s must be an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"bucketing.s: got 0, expected an integer >= 1"):
         get_pre_aggregator("bucketing", s=0)
     with pytest.raises(ValueError, match="NNM needs f < n"):
         get_pre_aggregator("nnm", f=3)(BYZFL_X)

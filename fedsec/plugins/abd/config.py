@@ -52,7 +52,9 @@ SV_WEIGHTINGS = ("reference", "paper")
 
 
 def _bad(name: str, value: Any, want: str) -> ValueError:
-    return ValueError(f"abd: {name} must be {want}, got {value!r}")
+    from fedsec.validation import invalid
+
+    return invalid(f"abd.{name}", value, want)
 
 
 @dataclass(frozen=True, kw_only=True)

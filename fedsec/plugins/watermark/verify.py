@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -116,7 +117,9 @@ def paired_p_value(p_triggered: torch.Tensor, p_clean: torch.Tensor) -> float:
     """One-sided paired t-test p-value of ``mean(p_triggered - p_clean) > 0`` (1.0 if undefined)."""
     from scipy import stats
 
-    with np.errstate(all="ignore"):
+    # identical samples (a model that ignores the trigger) warn and give NaN: p = 1
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
         p = stats.ttest_rel(p_triggered.double().numpy(), p_clean.double().numpy(),
                             alternative="greater").pvalue
     return finite_p(p)
@@ -126,7 +129,8 @@ def welch_reference_p(suspect_logits: torch.Tensor, original_logits: torch.Tenso
     """The reference code's t_test.py: per-class Welch p-values, averaged (NaN counts as 1)."""
     from scipy import stats
 
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
         ps = stats.ttest_ind(suspect_logits.double().numpy(), original_logits.double().numpy(),
                              axis=0, equal_var=False).pvalue
     return float(np.mean([finite_p(p) for p in np.atleast_1d(ps)]))

@@ -216,7 +216,8 @@ def run(
     for name in dict.fromkeys(pl.name for pl in s.plugins) if result.run_dir and level >= 0 else ():
         report = result.run_dir / f"{name}.md"
         if report.is_file():
-            console.print(Markdown(report.read_text()))
+            # rendered on a terminal; piped, as the markdown itself (a rendered table is cut to 80 columns)
+            console.print(Markdown(report.read_text())) if console.is_terminal else typer.echo(report.read_text())
     console.print(f"run directory: {result.run_dir}", highlight=False, soft_wrap=True)
     if level >= 0:
         console.print(f"curves: {result.run_dir / 'curves.png'}; a report to paste into notes: "

@@ -70,15 +70,17 @@ def top_k_mask(scores: Mapping[str, torch.Tensor], ratio: float) -> dict[str, to
 
 def clean_gradient(model: nn.Module, data: TensorData, batch_size: int,
                    device: torch.device) -> dict[str, torch.Tensor]:
-    """Sum over mini-batches (in data order) of the gradient of the mean cross-entropy.
+    """Sum over mini-batches (in data order) of the gradient of the mean cross-entropy,
+    per parameter name (zeros for frozen parameters).
 
     Leaves the model's parameters, buffers (batch-norm statistics) and
     ``.grad`` as they were.
     """
     buffers = {k: b.detach().clone() for k, b in model.named_buffers()}
     saved = {k: p.grad for k, p in model.named_parameters()}
-    params = dict(model.named_parameters())
-    total = {k: torch.zeros_like(p) for k, p in params.items()}
+    every = dict(model.named_parameters())
+    params = {k: p for k, p in every.items() if p.requires_grad}
+    total = {k: torch.zeros_like(p) for k, p in every.items()}
     model.train()
     for start in range(0, len(data), batch_size):
         x = data.x[start:start + batch_size].to(device)
@@ -90,7 +92,7 @@ def clean_gradient(model: nn.Module, data: TensorData, batch_size: int,
     with torch.no_grad():
         for k, b in model.named_buffers():
             b.copy_(buffers[k])
-    for k, p in params.items():
+    for k, p in every.items():
         p.grad = saved[k]
     return total
 

@@ -191,3 +191,41 @@ def test_reference_is_required_or_ignored(name):
         a = get_aggregator(name, **PARAMS.get(name, {}))(U, generator=gen(1))
         b = get_aggregator(name, **PARAMS.get(name, {}))(U, generator=gen(1), reference=ref)
         assert torch.equal(a.vector, b.vector) and torch.equal(a.accepted, b.accepted)
+
+
+# -- moved from the former test_rules.py (its other tests repeated this file, test_agg_values.py
+# and test_agg_robust.py) ------------------------------------------------------------------------
+from agg_helpers import with_reference  # noqa: E402
+
+KW = {"krum": {"f": 2}, "multikrum": {"f": 2}, "bulyan": {"f": 2}, "trimmed_mean": {"f": 2},
+      "filtering": {"eps": 0.2}, "spectral": {"eps": 0.2}, "norm_clip": {"M": 5.0},
+      "dnc": {"f": 2}, "mda": {"f": 2}, "meamed": {"f": 2}}
+
+
+def rule(name, **extra):
+    return with_reference(get_aggregator(name, **{**KW.get(name, {}), **extra}))
+
+
+def sample(n=12, d=30, seed=0):
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_float64_input_and_all_nan_error(name):
+    U = sample().double()
+    assert rule(name)(U, generator=gen(1)).vector.dtype == torch.float32
+    with pytest.raises(ValueError, match="no finite client update"):
+        rule(name)(torch.full((12, 3), float("nan")))
+
+
+def test_parameter_validation_and_client_counts():
+    with pytest.raises(ValueError, match=r"krum.f: got -1, expected an integer >= 0"):
+        get_aggregator("krum", f=-1)
+    with pytest.raises(ValueError, match=r"Krum needs n > 2f \+ 2 with f=3"):
+        get_aggregator("krum", f=3)(torch.randn(8, 3))
+    with pytest.raises(ValueError, match=r"Bulyan needs n >= 4f \+ 3 with f=2"):
+        get_aggregator("bulyan", f=2)(torch.randn(10, 3))
+    with pytest.raises(ValueError, match="exactly one of f or beta"):
+        get_aggregator("trimmed_mean", f=1, beta=0.1)
+    with pytest.raises(TypeError, match="unknown hyperparameter.*'ff'.*valid ones: f"):
+        get_aggregator("krum", ff=1)

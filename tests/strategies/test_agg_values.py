@@ -137,57 +137,6 @@ def test_foolsgold_downweights_sybils():
 flwr_strategy = pytest.importorskip("flwr.serverapp.strategy")
 
 
-def _replies(U, w):
-    from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
-
-    return [RecordDict({"arrays": ArrayRecord({"a": Array(u[:5].numpy().copy()),
-                                               "b": Array(u[5:].numpy().reshape(3, -1).copy())}),
-                        "metrics": MetricRecord({"num-examples": int(wi)})})
-            for u, wi in zip(U, w)]
-
-
-def _flat(rec):
-    return torch.from_numpy(np.concatenate([a.ravel() for a in rec.to_numpy_ndarrays()]))
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_flower_parity(seed):
-    from flwr.serverapp.strategy.bulyan import aggregate_n_closest_weights
-    from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
-    from flwr.serverapp.strategy.multikrum import select_multikrum
-    from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
-
-    n, f = 13, 2
-    U = randn(n, 5 + 3 * 9, seed=seed)
-    w = torch.randint(1, 50, (n,), generator=gen(seed))
-    Un = U.numpy()
-    # FedAvg
-    ref = _flat(aggregate_arrayrecords(_replies(U, w), "num-examples"))
-    torch.testing.assert_close(get_aggregator("mean")(U, weights=w).vector, ref, rtol=1e-5, atol=1e-6)
-    # FedMedian (np.median per layer)
-    torch.testing.assert_close(get_aggregator("median")(U).vector,
-                               torch.from_numpy(np.median(Un, axis=0)), rtol=1e-6, atol=1e-7)
-    # FedTrimmedAvg: f = int(beta * n)
-    for beta in (0.1, 0.2, 0.3):
-        torch.testing.assert_close(get_aggregator("trimmed_mean", beta=beta)(U).vector,
-                                   torch.from_numpy(trim_mean(Un, beta)), rtol=1e-5, atol=1e-6)
-    # Krum / MultiKrum: Flower's selection then num-examples-weighted average
-    for m in (1, 5, n - f):
-        sel = select_multikrum(_replies(U, w), num_malicious_nodes=f, num_nodes_to_select=m)
-        ref = _flat(aggregate_arrayrecords(sel, "num-examples"))
-        name, kw = ("krum", {}) if m == 1 else ("multikrum", {"m": m})
-        torch.testing.assert_close(get_aggregator(name, f=f, **kw)(U, weights=w).vector, ref,
-                                   rtol=1e-5, atol=1e-6)
-    # Bulyan with Flower's one-shot MultiKrum selection
-    theta, beta_b = n - 2 * f, n - 4 * f
-    sel = select_multikrum(_replies(U, w), num_malicious_nodes=f, num_nodes_to_select=theta)
-    sel_nd = [[_flat(r["arrays"]).numpy()] for r in sel]
-    med = [np.median(np.stack([s[0] for s in sel_nd]), axis=0)]
-    ref = torch.from_numpy(aggregate_n_closest_weights(med, sel_nd, beta_b)[0])
-    torch.testing.assert_close(get_aggregator("bulyan", f=f, iterative=False)(U).vector, ref,
-                               rtol=1e-5, atol=1e-6)
-
-
 @pytest.mark.parametrize("n,f", [(100, 10), (64, 16), (20, 2), (101, 25)])
 def test_trimmed_mean_both_paths_match_scipy_with_ties_and_outliers(n, f):
     """n >= 64 with few trimmed takes the topk-mask path, the rest the sort path."""

@@ -16,7 +16,7 @@ import torch
 
 from fedsec.clients.base import Behaviour, ClientTask, register_behaviour
 
-MODES = ("raise", "exit", "nan", "inf")
+MODES = ("raise", "exit", "nan", "inf", "huge", "shape", "dtype", "missing", "extra", "zero_examples")
 
 
 @register_behaviour("fault")
@@ -26,7 +26,10 @@ class Fault(Behaviour):
 
     mode: str = "raise"
     """raise: exception in training; exit: the client's process dies (os._exit);
-    nan / inf: the submitted weights contain NaN / inf."""
+    nan / inf: the submitted weights contain NaN / inf; huge: every weight is 1e30
+    (finite, so only a robust rule keeps it out); shape: the first tensor has one element
+    too few; dtype: the first tensor is float64; missing: the first tensor is absent;
+    extra: an unexpected tensor is added; zero_examples: the reply claims 0 examples."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -38,5 +41,29 @@ class Fault(Behaviour):
             raise RuntimeError(f"injected fault in partition {task.partition_id}")
         if mode == "exit":
             os._exit(17)
+        module, name = _first_parameter(task.model)
         with torch.no_grad():
-            next(task.model.parameters()).view(-1)[0] = float("nan") if mode == "nan" else float("inf")
+            p = getattr(module, name)
+            if mode in ("nan", "inf"):
+                p.view(-1)[0] = float("nan") if mode == "nan" else float("inf")
+            elif mode == "huge":
+                for q in task.model.parameters():
+                    q.fill_(1e30)
+            elif mode == "shape":
+                module._parameters[name] = torch.nn.Parameter(p.reshape(-1)[:-1].clone())
+            elif mode == "dtype":
+                module._parameters[name] = torch.nn.Parameter(p.double())
+            elif mode == "missing":
+                module._parameters[name] = None  # a None parameter is left out of state_dict
+            elif mode == "extra":
+                task.model.register_buffer("injected_extra", torch.zeros(3))
+            elif mode == "zero_examples":
+                task.data = task.data.subset(torch.arange(0))
+
+
+def _first_parameter(model: torch.nn.Module) -> tuple[torch.nn.Module, str]:
+    for module in model.modules():
+        for name, p in module._parameters.items():
+            if p is not None:
+                return module, name
+    raise ValueError("the model has no parameters to corrupt")

@@ -103,13 +103,22 @@ class DataConfig:
     shards_per_client: int = 2
     """Classes-shards per client (``shards``)."""
     partitioner_params: dict[str, Any] = field(default_factory=dict)
-    """Extra keyword arguments for a user-registered partitioner."""
+    """Extra keyword arguments for the partitioner (a registered one's, ``natural``'s ``by``, or the
+    constructor's of a ``flwr:<Class>`` flwr-datasets partitioner: fedsec.data.partition)."""
+    augment: str = "auto"
+    """Training augmentation per batch on the training device (fedsec.data.augment): ``none``,
+    ``crop_flip``, ``crop``; ``auto`` = crop_flip for CIFAR-10/100, crop for GTSRB, else none."""
+    normalize: str = "auto"
+    """Per-channel input normalisation inside the model: ``auto`` (the dataset's statistics where
+    known: CIFAR-10/100, GTSRB; else none), ``none``, ``dataset`` (required statistics)."""
 
     def partition_kwargs(self) -> dict[str, Any]:
         import inspect
 
         from fedsec.data import PARTITIONERS
 
+        if self.partitioner.startswith("flwr:"):
+            return dict(self.partitioner_params)
         accepted = inspect.signature(PARTITIONERS.get(self.partitioner)).parameters
         known = {"alpha": self.alpha, "shards_per_client": self.shards_per_client}
         return {**{k: v for k, v in known.items() if k in accepted}, **self.partitioner_params}
@@ -119,9 +128,25 @@ class DataConfig:
 
         _check_name(self.dataset, DATASETS, f"{path}.dataset")
         _check(self.num_clients >= 2, f"{path}.num_clients", self.num_clients, "an integer >= 2")
-        if _check_name(self.partitioner, PARTITIONERS, f"{path}.partitioner"):
+        if self.partitioner.startswith("flwr:"):
+            from fedsec.data.partition import check_params, flwr_partitioners
+
+            if _check(self.partitioner in flwr_partitioners(), f"{path}.partitioner", self.partitioner,
+                      f"a registered name {PARTITIONERS.names()} or one of {flwr_partitioners()}"):
+                for problem in check_params(self.partitioner, self.partitioner_params):
+                    _report(f"{path}.partitioner_params.{problem}")
+        elif _check_name(self.partitioner, PARTITIONERS, f"{path}.partitioner"):
             _check_kwargs(PARTITIONERS.get(self.partitioner), self.partitioner_params,
-                          f"{path}.partitioner_params", skip=3)
+                          f"{path}.partitioner_params", skip=3, skip_names=("columns",))
+        from fedsec.data.augment import AUGMENTATIONS, NORMALIZATION, NORMALIZE_MODES
+
+        if self.augment != "auto":
+            _check_name(self.augment, AUGMENTATIONS, f"{path}.augment")
+        if _check(self.normalize in NORMALIZE_MODES, f"{path}.normalize", self.normalize,
+                  f"one of {list(NORMALIZE_MODES)}"):
+            _check(self.normalize != "dataset" or self.dataset in NORMALIZATION, f"{path}.normalize",
+                   self.normalize, f"'auto' or 'none' (no statistics for {self.dataset!r}; known: "
+                   f"{sorted(NORMALIZATION)})")
         _check(self.alpha > 0, f"{path}.alpha", self.alpha, "a number > 0")
         _check(self.shards_per_client >= 1, f"{path}.shards_per_client", self.shards_per_client,
                "an integer >= 1")
@@ -307,6 +332,10 @@ class RunConfig:
     ``torch.func`` pass (fedsec.federation.vectorized), the others one by one; engines
     ``inline`` and ``ray`` (per actor, a chunk of clients). Same model to float tolerance,
     not bitwise."""
+    share_data: bool = True
+    """Engine ``ray``: put the training set once per machine into Ray's object store (uint8 where
+    the source is 8-bit) and let every actor read it zero-copy, instead of one float32 copy per
+    actor (fedsec.federation.shared). Bitwise the same results either way."""
 
     def validate(self, path: str) -> None:
         from fedsec.federation import ENGINES
@@ -355,6 +384,13 @@ class Scenario:
         self.server.validate("server")
         _check(self.server.min_nodes <= self.data.num_clients, "server.min_nodes", self.server.min_nodes,
                f"at most data.num_clients = {self.data.num_clients}")
+        if self.run.vectorize:
+            from fedsec.data.augment import augmentation_name
+
+            aug = augmentation_name(self.data.dataset, self.data.augment)
+            _check(aug == "none", "data.augment", self.data.augment,
+                   f"'none' with run.vectorize = true (it resolves to {aug!r} for {self.data.dataset!r}; "
+                   "vectorized clients do not augment yet)")
         seen: dict[int, int] = {}
         for i, a in enumerate(self.attack):
             a.validate(f"attack[{i}]", self.data.num_clients)
@@ -383,7 +419,8 @@ class Scenario:
     def from_dict(cls, raw: dict[str, Any]) -> Scenario:
         with collecting_errors():
             # The user's components must be registered before their names are checked.
-            imports = raw.get("run", {}).get("imports", []) if isinstance(raw, dict) else []
+            run = raw.get("run", {}) if isinstance(raw, dict) else {}
+            imports = run.get("imports", []) if isinstance(run, dict) else []
             if isinstance(imports, list) and all(isinstance(m, str) for m in imports):
                 try:
                     import_components(imports)

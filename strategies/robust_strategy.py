@@ -64,6 +64,8 @@ class AggregationReport:
     bytes_received: int = 0
     seconds: float = 0.0
     aggregated: bool = False
+    error: str | None = None
+    """Why the rule produced no update this round (None when it did)."""
 
     @property
     def received(self) -> tuple[int, ...]:
@@ -215,13 +217,23 @@ class RobustStrategy(FedAvg):
         extra: dict[str, Any] = {}
         if self.reference is not None and getattr(self.aggregator, "needs_reference", False):
             extra["reference"] = self.reference(server_round, self._sent).to(self.device, torch.float32)
-        out = self.aggregator(U, weights=weights, generator=gen, **extra)
+        try:
+            out = self.aggregator(U, weights=weights, generator=gen, **extra)
+            new_flat = g_flat + self.server_lr * out.vector.to(torch.float32)
+            if not bool(torch.isfinite(new_flat).all()):
+                raise FloatingPointError(f"rule {type(self.aggregator).__name__} produced a non-finite "
+                                         "global model")
+        except (ValueError, ArithmeticError) as e:
+            # The rule could not decide on these replies (too few finite updates for its f,
+            # an overflow on finite-but-huge ones): the round is recorded with the reason and
+            # the global model stays as it was. Programming errors (TypeError, ...) propagate.
+            log(WARNING, "round %s: aggregation failed, global model unchanged: %s", server_round, e)
+            self.last_report = AggregationReport(**base, nonfinite=tuple(nonfinite),
+                                                 seconds=time.perf_counter() - t0,
+                                                 error=f"{type(e).__name__}: {e}")
+            return None, None
         accepted_mask = out.accepted.cpu().tolist()
         accepted = [p for p, a in zip(pids, accepted_mask) if a]
-        new_flat = g_flat + self.server_lr * out.vector.to(torch.float32)
-        if not bool(torch.isfinite(new_flat).all()):
-            raise FloatingPointError(f"round {server_round}: rule {type(self.aggregator).__name__} "
-                                     "produced a non-finite global model")
         new_state = _unflatten(new_flat, self._sent, float_keys)
         for k, v in self._sent.items():
             if not v.is_floating_point():

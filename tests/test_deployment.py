@@ -172,6 +172,34 @@ def test_collect_turns_a_missing_reply_into_a_failed_client():
     assert bad[0].error.code == NODE_UNAVAILABLE and "no reply within 2s" in bad[0].error.reason
 
 
+def test_an_unavailable_node_reported_by_the_superlink_is_charged_to_its_partition():
+    """Flower's SuperLink answers for a node whose heartbeat stopped with an error sent as
+    itself (node 1); collect re-addresses it to the node, so ``failed`` names the partition."""
+    from flwr.app import ConfigRecord, Error, Message, MessageType, RecordDict
+
+    from fedsec.federation.discovery import NODE_UNAVAILABLE, collect
+    from fedsec.federation.engines import node_id_of
+
+    g = _grid_with([0, 1], 2)
+
+    class Link(type(g)):
+        def send_and_receive(self, messages, *, timeout=None):
+            messages = list(messages)
+            ok = super().send_and_receive(messages[:1], timeout=timeout)
+            gone = Message(Error(code=NODE_UNAVAILABLE, reason="Node Unavailable (heartbeat)"), reply_to=messages[1])
+            gone.metadata.__dict__["_src_node_id"] = 1  # as the SuperLink sends it
+            return [*ok, gone]
+
+    g.__class__ = Link
+    toml = load_scenario(QUICK, BASE[:2]).to_toml()
+    msgs = [Message(RecordDict({"config": ConfigRecord({"scenario": toml})}), node_id_of(p), MessageType.QUERY)
+            for p in (0, 1)]
+    replies = collect(g, msgs)
+    bad = [r for r in replies if r.has_error()]
+    assert len(replies) == 2 and len(bad) == 1
+    assert bad[0].metadata.src_node_id == node_id_of(1) and "heartbeat" in bad[0].error.reason
+
+
 # -- a node's own data file ----------------------------------------------------------------------------
 def test_node_with_its_own_file_trains_exactly_as_on_its_partition(tmp_path):
     """A node given its exported partition file (data-path) gives the bitwise-same run as one

@@ -16,7 +16,6 @@ fine-tuning) and a gamma sweep, next to the paper's CIFAR-10 rows.
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import time
 import tomllib

@@ -22,8 +22,8 @@ models that do not carry the owner's watermark, the fraction of
 ``--null-keys`` random stand-in keys each test would claim (the false-claim
 rate over the key's randomness).
 
-    OMP_NUM_THREADS=1 python experiments/plugins/watermark_claims.py [--rounds 6] [--clients 10]
-        [--epochs 2] [--n-clean 5] [--panel 199] [--null-keys 100] [--out FILE.md]
+    OMP_NUM_THREADS=1 python experiments/plugins/watermark_claims.py [--rounds 10] [--clients 10]
+        [--epochs 5] [--n-clean 5] [--panel 199] [--null-keys 100] [--out FILE.md]
 """
 
 from __future__ import annotations
@@ -106,9 +106,9 @@ def backdoor_attacks(secret: Trigger, in_shape, target: int, clients: int,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenario", default=str(HERE / "watermark_claims.toml"))
-    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--clients", type=int, default=10)
-    ap.add_argument("--epochs", type=int, default=2, help="local epochs per round")
+    ap.add_argument("--epochs", type=int, default=5, help="local epochs per round")
     ap.add_argument("--n-clean", type=int, default=5)
     ap.add_argument("--poison-fraction", type=float, default=0.3)
     ap.add_argument("--panel", type=int, default=199, help="K control triggers")
@@ -116,6 +116,7 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, default=0.01)
     ap.add_argument("--inject-epochs", type=int, default=30)
     ap.add_argument("--n-surrogate", type=int, default=2000)
+    ap.add_argument("--negative-ratio", type=float, default=0.1, help="the owner's specificity patches")
     ap.add_argument("--owner-key", type=int, default=1000)
     ap.add_argument("--second-key", type=int, default=2000)
     ap.add_argument("--runs", default=str(ROOT / "runs"))
@@ -129,7 +130,8 @@ def main() -> None:
     ds = load_dataset(base.data.dataset)
     shape = ds.in_shape
     cfg = dict(patch_size=4, n_surrogate=args.n_surrogate, epochs=args.inject_epochs, perturb_epochs=5,
-               panel_size=args.panel, null_keys=args.null_keys, alpha=args.alpha, target=0)
+               panel_size=args.panel, null_keys=args.null_keys, alpha=args.alpha, target=0,
+               negative_ratio=args.negative_ratio)
     owner = Watermark(**cfg, seed=args.owner_key)
     second = Watermark(**cfg, seed=args.second_key)
     secret = owner.secret_trigger(shape)

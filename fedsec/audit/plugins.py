@@ -216,7 +216,7 @@ class BitFlipDeploy(DeployAttack, Plugin):
     def attack(self) -> DeployAttack:
         return DeployAttack(mode=self.mode, target=self.target, trigger=self.trigger, max_flips=self.max_flips,
                             top_k=self.top_k, attack_batch=self.attack_batch, stop_accuracy=self.stop_accuracy,
-                            stop_asr=self.stop_asr)
+                            stop_asr=self.stop_asr, stop_on=self.stop_on)
 
     def on_run_end(self, model: nn.Module, ctx: PluginContext) -> dict[str, Any]:
         clean, evaluation = server_split(ctx.test, self.server_fraction, self.seed)
@@ -244,13 +244,16 @@ class BitFlipDeploy(DeployAttack, Plugin):
 def bitflip_markdown(res: dict[str, Any], cfg: DeployAttack) -> str:
     goal = "accuracy <= chance" if cfg.mode == "untargeted" else f"ASR >= {cfg.stop_asr} to class {cfg.target}"
     lines = [f"### Post-deployment bit flips ({cfg.mode}: {goal}; budget {cfg.max_flips} flips)", "",
-             "| model | acc | acc int8 | bit flips | goal reached | acc after |", "|---|---|---|---|---|---|"]
+             "| model | acc | acc int8 | bit flips | goal reached (attacker's batch) | flips to goal on held-out data "
+             "| acc after |", "|---|---|---|---|---|---|---|"]
     for name, r in res.items():
         if "error" in r:
-            lines.append(f"| {name} | - | - | - | {r['error']} | - |")
+            lines.append(f"| {name} | - | - | - | {r['error']} | - | - |")
             continue
+        held = r["flips_to_goal_on_eval"]
         lines.append(f"| {name} | {r['acc']:.4f} | {r['acc_quantized']:.4f} | {r['flips']} | "
-                     f"{'yes' if r['reached'] else 'no'} | {r['acc_after']:.4f} |")
+                     f"{'yes' if r['reached'] else 'no'} | {held if held is not None else 'not reached'} | "
+                     f"{r['acc_after']:.4f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,11 +1,22 @@
 """Partitioners: which training indices each client (partition id) holds.
 
 Backed by flwr-datasets' partitioners run on the in-memory labels (a
-``datasets.Dataset`` with a ``label`` and an ``idx`` column), so the splits are
+``datasets.Dataset`` with a ``label`` and an ``idx`` column, plus the dataset's
+natural-id columns such as ``writer``: fedsec.data.natural), so the splits are
 Flower's own and reproducible from ``seed``.
+
+Names: the registered ``iid``, ``dirichlet``, ``shards``, ``natural`` (one
+natural id per client), or ``flwr:<Class>`` for any row partitioner of
+``flwr_datasets.partitioner`` with its constructor's keyword arguments
+(``data.partitioner = "flwr:PathologicalPartitioner"``, ``data.partitioner_params =
+{num_classes_per_partition = 2}``): fedsec supplies ``num_partitions``
+(data.num_clients), ``seed`` (from run.seed) and ``partition_by = "label"``
+unless given, and checks that the partitioner made exactly num_clients partitions.
 """
 
 from __future__ import annotations
+
+import inspect
 
 import numpy as np
 
@@ -14,24 +25,109 @@ from fedsec.registry import Registry
 PARTITIONERS: Registry = Registry("partitioner")
 register_partitioner = PARTITIONERS.register
 
+FLWR_PREFIX = "flwr:"
+# Partitioners of flwr_datasets that split rows (the vertical ones split columns).
+_NOT_ROWS = ("Partitioner", "VerticalEvenPartitioner", "VerticalSizePartitioner")
+
+
+def flwr_partitioners() -> list[str]:
+    """``flwr:<Class>`` names of flwr-datasets' row partitioners."""
+    import flwr_datasets.partitioner as fp
+
+    return sorted(FLWR_PREFIX + n for n in fp.__all__
+                  if n.endswith("Partitioner") and n not in _NOT_ROWS and inspect.isclass(getattr(fp, n)))
+
+
+def flwr_class(name: str):
+    """The flwr-datasets class behind ``flwr:<Class>``; ValueError listing the valid names."""
+    import flwr_datasets.partitioner as fp
+
+    valid = flwr_partitioners()
+    if name not in valid:
+        import difflib
+
+        close = difflib.get_close_matches(name, valid, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown flwr-datasets partitioner {name!r}{hint}; valid: {', '.join(valid)}")
+    return getattr(fp, name[len(FLWR_PREFIX):])
+
+
+def check_params(name: str, params: dict) -> list[str]:
+    """Problems with ``params`` for partitioner ``name`` (unknown keys, missing required ones)."""
+    if name.startswith(FLWR_PREFIX):
+        try:
+            cls = flwr_class(name)
+        except ValueError as e:
+            return [str(e)]
+        sig = inspect.signature(cls.__init__).parameters
+        ours = {"self", "num_partitions"}
+        names = [k for k in sig if k not in ours]
+        problems = [f"{k}: unknown parameter of {cls.__name__}; valid: {', '.join(names)}"
+                    for k in params if k not in names]
+        supplied = {"seed", "partition_by"}
+        problems += [f"{k}: required by {cls.__name__}" for k, p in sig.items()
+                     if k not in ours | supplied and p.default is inspect.Parameter.empty
+                     and p.kind is p.POSITIONAL_OR_KEYWORD and k not in params]
+        return problems
+    return []
+
 
 def partition(
-    name: str, labels: np.ndarray, num_partitions: int, *, seed: int, **params
+    name: str, labels: np.ndarray, num_partitions: int, *, seed: int,
+    columns: dict[str, np.ndarray] | None = None, **params
 ) -> list[np.ndarray]:
-    """Split ``labels`` (N,) into ``num_partitions`` disjoint sorted index arrays."""
+    """Split ``labels`` (N,) into ``num_partitions`` disjoint sorted index arrays.
+
+    ``columns``: the dataset's natural-id columns (name -> (N,) array), for the
+    partitioners that split by them (``natural``, ``flwr:NaturalIdPartitioner``, ...).
+    """
     if num_partitions < 1:
         raise ValueError(f"num_partitions must be >= 1, got {num_partitions}")
     if num_partitions > len(labels):
         raise ValueError(f"num_partitions={num_partitions} exceeds the {len(labels)} samples")
-    parts = PARTITIONERS.get(name)(np.asarray(labels), num_partitions, seed, **params)
+    labels = np.asarray(labels)
+    if name.startswith(FLWR_PREFIX):
+        parts = flwr_partition(name, labels, num_partitions, seed, columns=columns, **params)
+    else:
+        fn = PARTITIONERS.get(name)
+        extra = {"columns": columns or {}} if "columns" in inspect.signature(fn).parameters else {}
+        parts = fn(labels, num_partitions, seed, **extra, **params)
     return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
 
 
-def _flwr_split(partitioner, labels: np.ndarray, num_partitions: int) -> list[np.ndarray]:
+def _flwr_split(partitioner, labels: np.ndarray, num_partitions: int,
+                columns: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
     from datasets import Dataset
 
-    partitioner.dataset = Dataset.from_dict({"label": labels, "idx": np.arange(len(labels))})
+    table = {**(columns or {}), "label": labels, "idx": np.arange(len(labels))}
+    partitioner.dataset = Dataset.from_dict(table)
+    made = partitioner.num_partitions
+    if made != num_partitions:
+        raise ValueError(f"{type(partitioner).__name__} made {made} partitions, but data.num_clients = "
+                         f"{num_partitions}: set data.num_clients = {made} (or change its parameters)")
     return [np.asarray(partitioner.load_partition(i)["idx"]) for i in range(num_partitions)]
+
+
+def flwr_partition(name: str, labels: np.ndarray, num_partitions: int, seed: int, *,
+                   columns: dict[str, np.ndarray] | None = None, **params) -> list[np.ndarray]:
+    """Any flwr-datasets row partitioner ``flwr:<Class>`` with its keyword ``params``."""
+    cls = flwr_class(name)
+    problems = check_params(name, params)
+    if problems:
+        raise ValueError("; ".join(problems))
+    sig = inspect.signature(cls.__init__).parameters
+    kwargs = dict(params)
+    if "num_partitions" in sig:
+        kwargs["num_partitions"] = num_partitions
+    if "seed" in sig:
+        kwargs.setdefault("seed", seed)
+    if "partition_by" in sig:
+        kwargs.setdefault("partition_by", "label")
+        known = {"label", *(columns or {})}
+        if kwargs["partition_by"] not in known:
+            raise ValueError(f"partition_by: got {kwargs['partition_by']!r}, expected one of {sorted(known)} "
+                             "(this dataset's natural-id columns: fedsec.data.natural)")
+    return _flwr_split(cls(**kwargs), labels, num_partitions, columns)
 
 
 @register_partitioner("iid")
@@ -110,3 +206,26 @@ def shards(
         seed=seed,
     )
     return _flwr_split(p, labels, num_partitions)
+
+
+@register_partitioner("natural")
+def natural(labels: np.ndarray, num_partitions: int, seed: int, columns: dict[str, np.ndarray],
+            by: str = "writer") -> list[np.ndarray]:
+    """One client per natural id (writer, user, track): flwr-datasets' NaturalIdPartitioner
+    over the dataset's ``by`` column. data.num_clients must equal the number of distinct ids
+    (partition i = the i-th id in sorted order)."""
+    from flwr_datasets.partitioner import NaturalIdPartitioner
+
+    if by not in columns:
+        from fedsec.scenario import ScenarioError
+
+        have = sorted(columns) or "none"
+        raise ScenarioError(f"data.partitioner_params.by: got {by!r}, but this dataset's natural-id columns are "
+                            f"{have} (fedsec.data.natural.register_natural_ids adds some)")
+    n_ids = len(np.unique(columns[by]))
+    if n_ids != num_partitions:
+        from fedsec.scenario import ScenarioError
+
+        raise ScenarioError(f"data.num_clients: got {num_partitions}, but the dataset has {n_ids} distinct "
+                            f"{by!r} ids, one client each: set data.num_clients = {n_ids}")
+    return _flwr_split(NaturalIdPartitioner(partition_by=by), labels, num_partitions, columns)

@@ -40,6 +40,11 @@ class Packed:
     codes: np.ndarray
     scale: int
     y: np.ndarray
+    strides: tuple[int, ...] = ()
+    """Element strides of one image in the source tensor, reproduced by :meth:`rows`; () = C-order.
+    Layout matters for bitwise results: for a 1-channel image, strides (1, W, 1) and (H*W, W, 1)
+    describe the same bytes, but convolution then takes its channels-last path, whose sums round
+    differently."""
 
     def __len__(self) -> int:
         return len(self.y)
@@ -53,6 +58,9 @@ class Packed:
         idx = np.asarray(index, dtype=np.int64)
         # Fancy indexing copies, so read-only (object-store) codes give writable rows.
         x = expand(torch.from_numpy(self.codes[idx]), self.scale)
+        if self.strides and tuple(x.stride()[1:]) != self.strides:
+            row = int(np.prod(x.shape[1:]))
+            x = torch.empty_strided(tuple(x.shape), (row, *self.strides), dtype=x.dtype).copy_(x)
         return TensorData(x, torch.from_numpy(self.y[idx]))
 
     def full(self) -> TensorData:
@@ -61,7 +69,10 @@ class Packed:
 
 def pack(data: TensorData, scales: tuple[int, ...] = SCALES) -> Packed:
     """``data`` as uint8 codes when some scale reproduces it bitwise, else as float32."""
-    x = data.x.detach().cpu().contiguous()
+    src = data.x.detach().cpu()
+    dense = src.stride(0) == int(np.prod(src.shape[1:]))
+    strides = tuple(src.stride()[1:]) if dense and len(src) > 1 else ()
+    x = src.contiguous()
     y = data.y.detach().cpu().numpy().astype(np.int64, copy=False)
     for scale in scales:
         scaled = x * scale
@@ -70,5 +81,5 @@ def pack(data: TensorData, scales: tuple[int, ...] = SCALES) -> Packed:
             continue
         u8 = codes.to(torch.uint8)
         if torch.equal(expand(u8, scale), x):
-            return Packed(u8.numpy(), int(scale), y)
-    return Packed(x.numpy(), 0, y)
+            return Packed(np.ascontiguousarray(u8.numpy()), int(scale), y, strides)
+    return Packed(np.ascontiguousarray(x.numpy()), 0, y, strides)

@@ -39,11 +39,13 @@ class TensorArray(Array):
         if not isinstance(tensor, torch.Tensor) or tensor.device.type != "cpu":
             raise TypeError(f"TensorArray: expected a CPU torch.Tensor, got {type(tensor).__name__}"
                             + (f" on {tensor.device}" if isinstance(tensor, torch.Tensor) else ""))
-        self.__dict__["_tensor"] = tensor
-        # dtype as numpy spells it, exactly as Array.from_numpy_ndarray records it.
-        self.dtype = str(tensor.numpy().dtype)
-        self.shape = tuple(tensor.shape)
-        self.stype = SType.NUMPY
+        # Straight into __dict__: Array.__setattr__'s dirty-flag bookkeeping costs more than
+        # the rest of the constructor, and a new object is dirty anyway (no _is_dirty = dirty).
+        d = self.__dict__
+        d["_tensor"] = tensor
+        d["dtype"] = _numpy_name(tensor.dtype)  # as Array.from_numpy_ndarray records it
+        d["shape"] = tuple(tensor.shape)
+        d["stype"] = SType.NUMPY
 
     @classmethod
     def of(cls, tensor: torch.Tensor) -> TensorArray:
@@ -90,6 +92,18 @@ class TensorArray(Array):
 
     def __reduce__(self):
         return (_rebuild, (self._tensor.numpy(),))
+
+
+_NUMPY_NAMES: dict[torch.dtype, str] = {}
+
+
+def _numpy_name(dtype: torch.dtype) -> str:
+    """numpy's name of a torch dtype ('float32', 'int64', 'bool', ...); numpy's own
+    ``str(dtype)`` costs about 50 us, a third of a small TensorArray."""
+    name = _NUMPY_NAMES.get(dtype)
+    if name is None:
+        name = _NUMPY_NAMES[dtype] = str(torch.empty(0, dtype=dtype).numpy().dtype)
+    return name
 
 
 def _rebuild(ndarray) -> TensorArray:  # noqa: ANN001

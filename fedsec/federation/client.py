@@ -16,6 +16,7 @@ from flwr.clientapp import ClientApp
 
 from fedsec.clients import BEHAVIOURS, Behaviour, ClientTask, Honest, TrainConfig, local_train
 from fedsec.federation.arrays import tensor_record
+from fedsec.data.augment import AUGMENTATIONS, augmentation_name, augmenting
 from fedsec.federation.deployment import DATA_PATH, NUM_PARTITIONS, node_data
 from fedsec.federation.env import dataset_info, device_of, local_data, reusable_model, scenario_from_toml
 from fedsec.seeding import generator, scoped_seed, torch_threads
@@ -72,9 +73,20 @@ def train_partition(scenario, pid: int, rnd: int, num_sampled: int, arrays: Arra
     behaviour, task = client_task(scenario, pid, rnd, num_sampled, global_state, model, data=data)
     # Thread count and the global RNG are pinned per call so the result is the same
     # whichever engine or process runs it (dropout in user models draws from the global RNG).
-    with torch_threads(scenario.run.threads), scoped_seed(scenario.run.seed, "client-rng", rnd, pid):
+    with torch_threads(scenario.run.threads), scoped_seed(scenario.run.seed, "client-rng", rnd, pid), \
+            augmenting(model, *_augmentation(scenario, rnd, pid, task.device)):
         stats = local_train(behaviour, task)
     return tensor_record(model.state_dict()), reply_metrics(stats, pid)
+
+
+def _augmentation(scenario, rnd: int, pid: int, device: torch.device):
+    """(augmentation or None, its generator): draws from (seed, 'augment', round, pid) on the
+    training device, never from the client's generator, so batch order and attack draws are
+    the same with augmentation on or off (fedsec.data.augment)."""
+    name = augmentation_name(scenario.data.dataset, scenario.data.augment)
+    if name == "none":
+        return None, None
+    return AUGMENTATIONS.get(name), generator(scenario.run.seed, "augment", rnd, pid, device=device)
 
 
 def client_task(scenario, pid: int, rnd: int, num_sampled: int, global_state: dict[str, torch.Tensor],

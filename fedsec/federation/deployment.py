@@ -17,7 +17,8 @@ partitions) and seeds its randomness, as in simulation.
 
 Node data file (safetensors, no pickle): ``x`` (N, C, H, W) uint8 codes or
 float32 images in [0, 1], ``y`` (N,) int64 labels; metadata ``dataset``,
-``num_classes``, ``scale`` (x = codes / scale; 0 = float32), ``partition_id``.
+``num_classes``, ``scale`` (x = codes / scale; 0 = float32), ``partition_id``, ``strides``
+(the source's memory layout of one image, kept so results are bitwise those of simulation).
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def write_node_data(path: str | Path, data: TensorData, *, dataset: str, num_cla
     path.parent.mkdir(parents=True, exist_ok=True)
     write_safetensors(path, {"x": torch.from_numpy(np.ascontiguousarray(p.codes)), "y": torch.from_numpy(p.y)},
                       metadata={"format": FORMAT, "dataset": dataset, "num_classes": str(int(num_classes)),
-                                "scale": str(p.scale), "partition_id": str(int(partition_id))})
+                                "scale": str(p.scale), "partition_id": str(int(partition_id)),
+                                "strides": ",".join(map(str, p.strides))})
     return path
 
 
@@ -86,7 +88,10 @@ def _read(path: str, mtime_ns: int, size: int) -> tuple[Packed, dict[str, str]]:
                             "with a scale > 0, or float32 with scale 0")
     if y.dtype != torch.int64:
         raise NodeDataError(f"{DATA_PATH} {path!r}: y is {y.dtype}, expected int64 labels")
-    return Packed(x.numpy(), scale, y.numpy()), meta
+    strides = tuple(int(v) for v in meta.get("strides", "").split(",") if v)
+    if strides and len(strides) != 3:
+        raise NodeDataError(f"{DATA_PATH} {path!r}: metadata strides {meta['strides']!r}, expected three integers")
+    return Packed(x.numpy(), scale, y.numpy(), strides), meta
 
 
 def read_node_data(path: str | Path) -> tuple[Packed, dict[str, str]]:

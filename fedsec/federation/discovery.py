@@ -175,10 +175,17 @@ def collect(grid: Grid, messages: list[Message], timeout: float = 0.0) -> list[M
     ``timeout`` > 0 bounds the wait; a message still unanswered then gets an error
     reply ``no reply within <timeout>s`` (the strategy counts that client as failed).
     """
-    replies = list(grid.send_and_receive(messages, timeout=timeout if timeout > 0 else None))
-    answered = {r.metadata.reply_to_message_id for r in replies}
-    for m in messages:
-        if m.metadata.message_id not in answered:
-            replies.append(no_reply(m, f"no reply within {timeout:g}s (server.round_timeout)"
-                                    if timeout > 0 else "no reply"))
+    got = list(grid.send_and_receive(messages, timeout=timeout if timeout > 0 else None))
+    sent = {m.metadata.message_id: m for m in messages}
+    replies = []
+    for r in got:
+        m = sent.pop(r.metadata.reply_to_message_id, None)
+        if m is not None and r.has_error() and r.metadata.src_node_id != m.metadata.dst_node_id:
+            # The SuperLink answers for a node it declared unavailable, as itself (node 1):
+            # re-address the error to the node, so the failure is charged to its partition.
+            r = no_reply(m, r.error.reason)
+        replies.append(r)
+    for m in sent.values():
+        replies.append(no_reply(m, f"no reply within {timeout:g}s (server.round_timeout)"
+                                if timeout > 0 else "no reply"))
     return replies

@@ -10,11 +10,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import sys
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from flwr.app import Context, Error, Message, RecordDict
@@ -69,6 +71,8 @@ class LocalGrid(Grid):
         self.executor = executor or self._inline
         self.on_reply = on_reply
         self._replies: dict[str, Message] = {}
+        self.freeze_gc = False  # see frozen_gc
+        self._frozen = False
 
     def _inline(self, messages: list[Message], contexts: list[Context]) -> list[Message]:
         # Sender and receiver share this process: arrays are handed over as tensors, and
@@ -100,6 +104,10 @@ class LocalGrid(Grid):
             m.metadata.__dict__["_message_id"] = uuid.uuid4().hex
             m.metadata.__dict__["_created_at"] = time.time()
         ctxs = [self.contexts[m.metadata.dst_node_id] for m in messages]
+        if self.freeze_gc and not self._frozen and any(m.metadata.message_type.startswith("train")
+                                                      for m in messages):
+            gc.freeze()
+            self._frozen = True
         for m, r in zip(messages, self.executor(messages, ctxs)):
             self._replies[m.metadata.message_id] = r
         return [m.metadata.message_id for m in messages]
@@ -109,6 +117,26 @@ class LocalGrid(Grid):
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         return list(self.pull_messages(self.push_messages(messages)))
+
+
+@contextlib.contextmanager
+def frozen_gc(grid: LocalGrid) -> Iterator[LocalGrid]:
+    """Keep the run's start-up objects out of Python's cyclic garbage collector.
+
+    At the first train message everything alive (modules, the dataset, the
+    Federation) moves to the collector's permanent generation (``gc.freeze``),
+    so a full collection during the rounds walks only what the rounds created:
+    on the 1000-client digits run that collector time was about 0.3 s a round.
+    The objects go back to the collector when the run ends (``gc.unfreeze``), so
+    nothing that becomes garbage meanwhile outlives the run.
+    """
+    grid.freeze_gc = True
+    try:
+        yield grid
+    finally:
+        if grid._frozen:
+            gc.unfreeze()
+            grid._frozen = False
 
 
 def _server_context() -> Context:
@@ -127,7 +155,8 @@ def _server_context() -> Context:
 def run_inline(scenario, main: ServerMain, *, on_reply=None) -> None:
     from fedsec.federation.client import client_app
 
-    main(LocalGrid(client_app, scenario.data.num_clients, on_reply=on_reply), _server_context())
+    with frozen_gc(LocalGrid(client_app, scenario.data.num_clients, on_reply=on_reply)) as grid:
+        main(grid, _server_context())
 
 
 @register_engine("flower")

@@ -60,8 +60,12 @@ def local_data(s: Scenario, pid: int):
 @functools.lru_cache(maxsize=8)
 def _partitions(dataset: str, root: str, download: bool, name: str, params_json: str,
                 num_clients: int, seed: int) -> tuple[np.ndarray, ...]:
+    from fedsec.data.natural import natural_ids
+
     labels = load_dataset(dataset, root, download).train.y.numpy()
-    parts = partition(name, labels, num_clients, seed=seed, **json.loads(params_json))
+    # Natural-id columns (writer, track) only for the partitioners that can split by them.
+    columns = natural_ids(dataset, root, download) if name == "natural" or name.startswith("flwr:") else None
+    parts = partition(name, labels, num_clients, seed=seed, columns=columns, **json.loads(params_json))
     return tuple(parts)
 
 
@@ -74,9 +78,13 @@ def partitions_of(s: Scenario) -> tuple[np.ndarray, ...]:
 
 def new_model(s: Scenario, *keys: object) -> nn.Module:
     """A fresh model of the scenario's architecture, initialised from (seed, 'init', *keys)."""
+    from fedsec.data.augment import attach_normalization
+
     in_shape, num_classes = dataset_info(s)
     with scoped_seed(s.run.seed, "init", *keys):
-        return build_model(s.model.name, in_shape=in_shape, num_classes=num_classes, **s.model.params)
+        model = build_model(s.model.name, in_shape=in_shape, num_classes=num_classes, **s.model.params)
+    # Inputs stay in [0, 1] pixel space everywhere; the model normalises them (data.normalize).
+    return attach_normalization(model, s.data.dataset, s.data.normalize)
 
 
 class _Reusable:
@@ -125,7 +133,7 @@ def reusable_model(s: Scenario, state: dict[str, torch.Tensor]) -> nn.Module:
     The object is shared: it is valid until the next call (callers copy what they keep).
     """
     key = (s.model.name, json.dumps(s.model.params, sort_keys=True, default=str),
-           s.data.dataset, s.data.root, s.run.seed)
+           s.data.dataset, s.data.root, s.data.normalize, s.run.seed)
     entry = _MODELS.get(key)
     if entry is None or not entry.reset(state):
         if len(_MODELS) >= 4:

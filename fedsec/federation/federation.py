@@ -90,6 +90,7 @@ class RoundOutcome:
     evaluation: dict[str, Any]
     plugins: dict[str, Any]
     timings: dict[str, float]
+    aggregation_error: str | None = None
 
     def row(self) -> dict[str, Any]:
         """The round's line of ``metrics.jsonl``."""
@@ -117,6 +118,8 @@ class RoundOutcome:
             "eval_seconds": self.timings["evaluate"],
             "bytes_received": self.bytes_received,
         }
+        if self.aggregation_error is not None:
+            row["aggregation_error"] = self.aggregation_error
         if self.scores is not None:
             row["scores"] = {str(k): v for k, v in self.scores.items()}
         if self.plugins:
@@ -317,6 +320,7 @@ class Federation:
             plugins=dict(self.plugin_ctx.round_metrics),
             timings={"train": t_train, "aggregate": t_agg, "plugins": t_plugins, "evaluate": t_eval,
                      "total": time.perf_counter() - t0},
+            aggregation_error=report.error if report is not None else None,
         )
 
     # -- pieces ----------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from typing import Any
 
 from flwr.app import Context, Message
 
-from fedsec.federation.engines import LocalGrid, ServerMain, _server_context, error_reply, register_engine
+from fedsec.federation.engines import LocalGrid, ServerMain, _server_context, error_reply, frozen_gc, register_engine
 
 _POOL: dict[str, Any] = {}
 
@@ -75,6 +75,13 @@ class _Worker:
     def ping(self) -> bool:
         return True
 
+    def attach(self, key: str, shared: Any) -> bool:
+        """Read the training set from the object store (zero-copy) for scenarios with ``key``."""
+        from fedsec.federation import shared as shared_data
+
+        shared_data.attach(key, shared)
+        return True
+
     def call(self, message: Message, content: Any, context: Context) -> tuple[Message, Context]:
         (reply,), (context,) = self.call_many([message], content, [context])
         return reply, context
@@ -117,6 +124,15 @@ class ActorPool:
     def replace(self, slot: int) -> None:
         self.actors[slot] = self.cls.remote()
         self.replaced += 1
+        if getattr(self, "shared", None):  # an actor runs its calls in order: attached before any work
+            self.actors[slot].attach.remote(*self.shared)
+
+    def share(self, key: str, ref: Any) -> None:
+        """Every actor (and every replacement) reads the training set behind ``ref``
+        (fedsec.federation.shared) instead of loading its own copy."""
+        if getattr(self, "shared", None) != (key, ref):
+            self.shared = (key, ref)
+            _ray().get([a.attach.remote(key, ref) for a in self.actors])
 
     def run(self, messages: list[Message], contexts: list[Context], on_reply=None) -> list[Message]:
         from fedsec.federation.arrays import in_memory_content
@@ -219,9 +235,14 @@ def run_ray(scenario, main: ServerMain, *, on_reply=None) -> None:
 
     ensure_ray(scenario.run.ray_address or os.environ.get("RAY_ADDRESS", ""))
     pool = get_pool(scenario.run.num_cpus, scenario.run.num_gpus)
+    if scenario.run.share_data:
+        from fedsec.federation import shared
+
+        pool.share(*shared.publish(scenario))
     grid = LocalGrid(
         client_app,
         scenario.data.num_clients,
         executor=lambda msgs, ctxs: pool.run(msgs, ctxs, on_reply),
     )
-    main(grid, _server_context())
+    with frozen_gc(grid):
+        main(grid, _server_context())

@@ -59,6 +59,25 @@ def build(s) -> SharedTrain:
     return SharedTrain(s.data.dataset, pack(ds.train), parts, tuple(ds.in_shape), ds.num_classes)
 
 
+_PUBLISHED: OrderedDict[str, Any] = OrderedDict()
+
+
+def publish(s) -> tuple[str, Any]:
+    """(key, object ref) of the scenario's shared training set, put into Ray's object
+    store once per driver and key (Ray must be initialised)."""
+    import ray
+
+    key = key_of(s)
+    # Refs die with the Ray session that made them (ray.shutdown then ray.init in one process).
+    slot = f"{ray.get_runtime_context().get_job_id()}:{key}"
+    if slot not in _PUBLISHED:
+        _PUBLISHED[slot] = ray.put(build(s))
+        while len(_PUBLISHED) > KEEP:
+            _PUBLISHED.popitem(last=False)
+    _PUBLISHED.move_to_end(slot)
+    return key, _PUBLISHED[slot]
+
+
 def attach(key: str, shared: SharedTrain) -> None:
     """Make ``shared`` this process's source of partition rows for scenarios with ``key``."""
     from fedsec.federation.env import register_dataset_info

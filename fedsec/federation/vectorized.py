@@ -72,7 +72,7 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from fedsec.federation import stacked
 from fedsec.federation.arrays import in_memory_content, tensor_record
-from fedsec.federation.env import device_of, reusable_model, scenario_from_toml
+from fedsec.federation.env import dataset_info, device_of, reusable_model, scenario_from_toml
 from fedsec.seeding import derive_seed, torch_threads
 
 log = logging.getLogger("fedsec.vectorized")
@@ -164,16 +164,33 @@ _MODELS: dict[tuple, _Model] = {}
 
 
 def _model_info(scenario, device: torch.device, in_shape: tuple[int, ...], batch: int) -> _Model:
+    """:func:`describe` of the scenario's model, once per process."""
     from fedsec.federation.env import new_model
 
     key = (scenario.model.name, repr(sorted(scenario.model.params.items())), scenario.data.dataset,
            scenario.run.seed, str(device), batch)
-    info = _MODELS.get(key)
-    if info is not None:
-        return info
-    template = new_model(scenario).to(device).train()
+    if key not in _MODELS:
+        _MODELS[key] = describe(new_model(scenario), device, in_shape, batch)
+    return _MODELS[key]
+
+
+def describe(model: nn.Module, device: torch.device, in_shape: tuple[int, ...], batch: int,
+             path: str = "auto") -> _Model:
+    """How the batched pass trains ``model`` (a private copy is kept as the template).
+
+    ``path``: ``"auto"`` (the grouped-layout forward of fedsec.federation.stacked
+    when the model allows it, else vmap), ``"stacked"`` or ``"vmap"``.
+    """
+    import copy
+
+    if path not in ("auto", "stacked", "vmap"):
+        raise ValueError(f"path: got {path!r}, expected 'auto', 'stacked' or 'vmap'")
+    template = copy.deepcopy(model).to(device).train()
     persistent = set(template.state_dict())
     params = dict(template.named_parameters())
+    can_stack = stacked.unsupported(template) is None and not any(True for _ in template.buffers())
+    if path == "stacked" and not can_stack:
+        raise ValueError(f"path: 'stacked' cannot run this model ({stacked.unsupported(template) or 'it has buffers'})")
     info = _Model(
         template=template,
         trainable=[k for k, p in params.items() if p.requires_grad],
@@ -181,19 +198,19 @@ def _model_info(scenario, device: torch.device, in_shape: tuple[int, ...], batch
         buffers=[k for k, _ in template.named_buffers()],
         extra={k: b.detach() for k, b in template.named_buffers() if k not in persistent},
         pad=per_sample(template),
-        stacked=stacked.unsupported(template) is None and not info_has_buffers(template),
+        stacked=can_stack and path != "vmap",
     )
     info.unsupported = _probe(info, device, in_shape)
     if info.unsupported is None:
         info.per_client_bytes = _bytes_per_client(template, in_shape, batch, device)
-    _MODELS[key] = info
     return info
 
 
 def _probe(info: _Model, device: torch.device, in_shape: tuple[int, ...]) -> str | None:
     """Why this model cannot be trained in one vmap pass, or None."""
     t = info.template
-    x = torch.rand((2, 3, *in_shape), generator=torch.Generator().manual_seed(0)).to(device)
+    dtype = next((p.dtype for p in t.parameters() if p.is_floating_point()), torch.float32)
+    x = torch.rand((2, 3, *in_shape), generator=torch.Generator().manual_seed(0)).to(device, dtype)
     y = torch.zeros((2, 3), dtype=torch.long, device=device)
     params = {k: v.detach().unsqueeze(0).repeat(2, *[1] * v.dim()) for k, v in t.named_parameters()}
     buffers = {k: v.detach().unsqueeze(0).repeat(2, *[1] * v.dim()) for k, v in t.named_buffers()}
@@ -231,7 +248,8 @@ def _bytes_per_client(model: nn.Module, in_shape: tuple[int, ...], batch: int, d
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             model.eval()
-            model(torch.zeros((1, *in_shape), device=device))
+            dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+            model(torch.zeros((1, *in_shape), device=device, dtype=dtype))
     finally:
         model.train()
         for h in hooks:
@@ -248,10 +266,6 @@ def _memory_budget(device: torch.device) -> int:
     except (ValueError, OSError):
         avail = 8 << 30
     return int(0.25 * avail)
-
-
-def info_has_buffers(model: nn.Module) -> bool:
-    return any(True for _ in model.buffers())
 
 
 def _grad_fn(info: _Model, *, masked: bool):
@@ -324,19 +338,19 @@ class _Client:
             self.rng = torch.get_rng_state()
 
 
-def _stream(c: _Client, epochs: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The client's batches in the per-client loop's order (fedsec.training.sgd_train)."""
-    task, b = c.task, c.task.config.batch_size
-    data, g = task.data, task.generator
+def batches(data, generator: torch.Generator, batch_size: int, epochs: int,
+            poison: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """A client's batches in the per-client loop's order (fedsec.training.sgd_train):
+    per epoch ``randperm(n, generator)``, then each batch, through ``poison`` if given."""
     n = len(data)
-    poison = "poison_batch" in c.stages
     for _ in range(epochs):
-        order = torch.randperm(n, generator=g)
-        for start in range(0, n, b):
-            idx = order[start : start + b]
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
             x, y = data.x[idx], data.y[idx]
-            if poison:
-                x, y = c.scoped(lambda x=x, y=y: c.behaviour.poison_batch(x, y, task))
+            if poison is not None:
+                x, y = poison(x, y)
             yield x, y
 
 
@@ -445,6 +459,41 @@ def train_together(info: _Model, global_state: dict[str, torch.Tensor], clients:
     return {k: (P[k] if k in P else C[k]) for k in global_state}
 
 
+def sgd_train_many(model: nn.Module, state: dict[str, torch.Tensor], datasets: Sequence[Any],
+                   generators: Sequence[torch.Generator], *, epochs: int, batch_size: int, lr: float,
+                   momentum: float = 0.0, weight_decay: float = 0.0, device: str | torch.device = "cpu",
+                   path: str = "auto") -> tuple[list[dict[str, torch.Tensor]], list[float]]:
+    """:func:`fedsec.training.sgd_train` of K clients in one batched pass.
+
+    Client k starts from ``state`` (``model``'s state dict), trains on
+    ``datasets[k]`` (a TensorData) with batch order from ``generators[k]``,
+    exactly as ``sgd_train`` would (same draws, same SGD), to float tolerance.
+    Returns each client's trained state (``state``'s keys, on ``device``) and
+    its mean loss over the last epoch. ``path``: see :func:`describe`.
+    """
+    if len(datasets) != len(generators):
+        raise ValueError(f"generators: got {len(generators)}, expected one per dataset ({len(datasets)})")
+    device = torch.device(device)
+    first = next((d for d in datasets if len(d)), None)
+    in_shape = tuple(first.x.shape[1:]) if first is not None else ()
+    info = describe(model, device, in_shape, batch_size, path)
+    if info.unsupported:
+        raise ValueError(f"model: cannot be trained in one batched pass: {info.unsupported}")
+    clients = []
+    for k, (data, g) in enumerate(zip(datasets, generators)):
+        cl = _Client(index=k, message=None, pid=k, behaviour=None, task=None, seed=0, stages=frozenset())
+        cl.per_epoch = math.ceil(len(data) / batch_size)
+        cl.steps = epochs * cl.per_epoch
+        cl.stream = batches(data, g, batch_size, epochs)
+        clients.append(cl)
+    order = sorted(clients, key=lambda c: (-c.steps, c.index))
+    out = train_together(info, state, order, epochs=epochs, lr=lr, momentum=momentum,
+                         weight_decay=weight_decay, device=device)
+    row = {c.index: j for j, c in enumerate(order)}
+    return ([{n: v[row[k]] for n, v in out.items()} for k in range(len(clients))],
+            [c.loss for c in clients])
+
+
 # -- the executor ---------------------------------------------------------------------------------
 
 
@@ -524,6 +573,10 @@ def _run_group(messages: Sequence[Message], contexts: Sequence[Context], idx: li
     c = s.client
     out: dict[int, Message] = {}
     with torch_threads(s.run.threads), torch.random.fork_rng(devices=[]):
+        info = _model_info(s, device, tuple(dataset_info(s)[0]), c.batch_size)
+        if info.unsupported:
+            _say_once(f"run.vectorize: model {s.model.name!r} trains per client: {info.unsupported}")
+            return out
         model = reusable_model(s, global_state).to(device)
         clients: list[_Client] = []
         for i in idx:
@@ -543,13 +596,13 @@ def _run_group(messages: Sequence[Message], contexts: Sequence[Context], idx: li
             n = len(cl.task.data)
             cl.per_epoch = math.ceil(n / c.batch_size)
             cl.steps = c.epochs * cl.per_epoch
-            cl.stream = _stream(cl, c.epochs)
+            poison = None
+            if "poison_batch" in cl.stages:
+                def poison(x, y, cl=cl):  # noqa: ANN001, ANN202
+                    return cl.scoped(lambda: cl.behaviour.poison_batch(x, y, cl.task))
+            cl.stream = batches(cl.task.data, cl.task.generator, c.batch_size, c.epochs, poison)
             clients.append(cl)
         if not clients:
-            return out
-        info = _model_info(s, device, tuple(clients[0].task.in_shape), c.batch_size)
-        if info.unsupported:
-            _say_once(f"run.vectorize: model {s.model.name!r} trains per client: {info.unsupported}")
             return out
         clients.sort(key=lambda cl: (-cl.steps, cl.pid))
         cap = max(1, _memory_budget(device) // max(info.per_client_bytes, 1))
@@ -557,25 +610,25 @@ def _run_group(messages: Sequence[Message], contexts: Sequence[Context], idx: li
         try:
             for start in range(0, len(clients), cap):
                 chunk = clients[start : start + cap]
-                stacked = train_together(info, global_state, chunk, epochs=c.epochs, lr=c.lr,
-                                         momentum=c.momentum, weight_decay=c.weight_decay, device=device)
+                rows = train_together(info, global_state, chunk, epochs=c.epochs, lr=c.lr,
+                                      momentum=c.momentum, weight_decay=c.weight_decay, device=device)
                 for j, cl in enumerate(chunk):
                     for _ in cl.stream:  # the per-client loop's draws end here too
                         raise _GroupFailed(f"partition {cl.pid}: more batches than steps")
-                    trained[cl.index] = (stacked, j)
+                    trained[cl.index] = (rows, j)
         except _GroupFailed as e:
             _say_once(f"run.vectorize: a batched pass failed, its clients retrain one by one ({e})")
             return {i: r for i, r in out.items()}
         for cl in sorted(clients, key=lambda cl: cl.index):
-            stacked, j = trained[cl.index]
+            rows, j = trained[cl.index]
             try:
                 if "finalize" in cl.stages:
-                    m = reusable_model(s, {k: v[j] for k, v in stacked.items()}).to(device)
+                    m = reusable_model(s, {k: v[j] for k, v in rows.items()}).to(device)
                     cl.task.model = m
                     cl.scoped(lambda cl=cl: cl.behaviour.finalize(cl.task))
                     state = m.state_dict()
                 else:
-                    state = {k: v[j] for k, v in stacked.items()}
+                    state = {k: v[j] for k, v in rows.items()}
                 stats = {"train_loss": cl.loss, "num-examples": float(len(cl.task.data)), **cl.task.metrics}
                 content = RecordDict({"arrays": tensor_record(state),
                                       "metrics": MetricRecord(reply_metrics(stats, cl.pid))})

@@ -99,25 +99,36 @@ class _Tracker(Plugin):
         return None
 
     def on_run_end(self, model: nn.Module, ctx: PluginContext) -> dict[str, Any]:
-        self._catch_up(ctx, below=None)
-        rows = self._state.get("rows", [])
+        rows = self._catch_up(ctx, below=None)
+        if rows is None:  # no metrics.jsonl to read: the rows the hook delivered
+            rows = self._state.get("rows", [])
         try:
             self._finish(rows, ctx)
         finally:
             self._close()
-        return {"rounds_logged": len(rows), **self._where(ctx)}
+        return {"rounds_logged": len(self._state.get("seen", set()) - {0}), **self._where(ctx)}
 
-    def _catch_up(self, ctx: PluginContext, below: int | None) -> None:
+    # Checkpointed (fedsec.federation.checkpointing), so a resumed run sends no round twice.
+    def state_dict(self) -> dict[str, Any]:
+        return {"logged": sorted(self._state.get("seen", set()))}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._state["seen"] = {int(r) for r in state.get("logged", [])}
+
+    def _catch_up(self, ctx: PluginContext, below: int | None) -> list[dict[str, Any]] | None:
+        """Offer metrics.jsonl's rows before round ``below`` (all when None); returns every row."""
         if ctx.run_dir is None:
-            return
+            return None
         from fedsec.results import METRICS, read_metrics
 
         path = Path(ctx.run_dir) / METRICS
         if not path.is_file():
-            return
-        for row in read_metrics(path):
+            return None
+        rows = read_metrics(path)
+        for row in rows:
             if below is None or int(row.get("round", 0)) < below:
                 self._offer(row, ctx)
+        return rows
 
     def _offer(self, row: dict[str, Any], ctx: PluginContext) -> None:
         rnd = int(row.get("round", 0))

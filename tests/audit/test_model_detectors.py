@@ -180,3 +180,13 @@ def test_deploy_attack_bad_params_name_the_field():
 def test_get_detector_fine_pruning_is_a_repair(backdoored, split, eval_triggers):
     res = get_detector("fine_pruning", epochs=1).audit(target(backdoored, split, eval_triggers))
     assert res.to_dict()["flagged"] is False
+
+
+def test_budget_mode_spends_every_flip_and_tracks_held_out_accuracy(backdoored, split):
+    res = DeployAttack(max_flips=3, attack_batch=64, stop_on="budget").run(
+        backdoored, split[0], split[1], 10, torch.Generator().manual_seed(0))
+    assert res["flips"] == 3 and len(res["eval_metric"]) == len(res["attack_metric"]) == 4
+    assert res["eval_metric"][0] == pytest.approx(res["acc_quantized"])
+    assert res["eval_metric"][-1] == pytest.approx(res["acc_after"])
+    fl = res["flips_to_goal_on_eval"]
+    assert fl is None or res["eval_metric"][fl] <= 0.11

@@ -92,6 +92,26 @@ def test_without_the_hook_rounds_are_read_from_metrics_jsonl(tmp_path):
     assert [e.step for e in events] == [1, 2, 3]
 
 
+def test_a_resumed_run_sends_no_round_twice(tmp_path):
+    from fedsec.federation.checkpointing import stateful_parts
+
+    writer = RunWriter(tmp_path, "t")
+    ctx = _ctx(writer.path)
+    first = PLUGINS.get("tensorboard")()
+    for r in (1, 2):
+        writer.append_round({**ROW, "round": r, "clean_acc": r / 10})
+        first.on_round_end(r + 1, None, ctx)
+    parts = stateful_parts(None, [("tensorboard", first)])
+    saved = json.loads(json.dumps(parts["plugin0.tensorboard"].state_dict()))  # what a checkpoint keeps
+    first._close()  # the process dies here
+    second = PLUGINS.get("tensorboard")()
+    second.load_state_dict(saved)
+    writer.append_round({**ROW, "round": 3, "clean_acc": 0.3})
+    assert second.on_run_end(None, ctx)["rounds_logged"] == 3
+    events = _accumulator(writer.path / "tensorboard").Scalars("clean_acc")
+    assert sorted(e.step for e in events) == [1, 2, 3]
+
+
 def test_missing_tracker_package_is_a_clear_scenario_error(monkeypatch):
     real = tracking.importlib.util.find_spec
     monkeypatch.setattr(tracking.importlib.util, "find_spec",

@@ -11,84 +11,26 @@ invalid scenario.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import dataclasses
 import difflib
 import hashlib
-import tomllib
 import typing
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fedsec.registry import import_components
-
-
-class ScenarioError(ValueError):
-    """One or more scenario fields are invalid; each message starts with its dotted path.
-
-    ``errors`` lists every problem found (a scenario is checked whole, so two
-    typos are reported together).
-    """
-
-    def __init__(self, message: str, errors: list[str] | None = None) -> None:
-        self.errors = list(errors) if errors else [message]
-        super().__init__(message)
-
-    @classmethod
-    def of(cls, errors: list[str]) -> ScenarioError:
-        if len(errors) == 1:
-            return cls(errors[0])
-        return cls(f"{len(errors)} problems in the scenario:\n" + "\n".join(f"  - {e}" for e in errors),
-                   errors)
-
-
-# While a scenario is validated, problems are collected here instead of raised one at a time.
-_collector: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("fedsec_scenario_errors",
-                                                                              default=None)
-
-
-@contextlib.contextmanager
-def collecting_errors() -> Iterator[list[str]]:
-    """Collect every :func:`_report`-ed problem of the block; raise them together at its end."""
-    if _collector.get() is not None:  # nested: the outermost block raises
-        yield _collector.get()  # type: ignore[misc]
-        return
-    errors: list[str] = []
-    token = _collector.set(errors)
-    try:
-        yield errors
-    finally:
-        _collector.reset(token)
-    if errors:
-        raise ScenarioError.of(list(dict.fromkeys(errors)))
-
-
-def _report(message: str) -> None:
-    errors = _collector.get()
-    if errors is None:
-        raise ScenarioError(message)
-    errors.append(message)
-
-
-def _check(cond: bool, path: str, value: Any, expected: str) -> bool:
-    """Report ``path`` unless ``cond``; returns ``cond`` so dependent checks can be skipped."""
-    if not cond:
-        _report(f"{path}: got {value!r}, expected {expected}")
-    return bool(cond)
-
-
-def _check_name(name: str, registry: Any, path: str) -> bool:
-    """A registry name, with a did-you-mean for near misses."""
-    if name in registry:
-        return True
-    valid = registry.names()
-    close = difflib.get_close_matches(str(name), valid, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    _report(f"{path}: got {name!r}, expected one of {valid}{hint}")
-    return False
+from fedsec.scenario_errors import (  # noqa: F401  (ScenarioError, collecting_errors: public here too)
+    ScenarioError,
+    _build,
+    _check,
+    _check_kwargs,
+    _check_name,
+    _report,
+    _require,
+    collecting_errors,
+)
+from fedsec.tomlio import _set_path, dump_toml, parse_override, parse_value, read_toml  # noqa: F401
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -433,7 +375,7 @@ class Scenario:
         return dataclasses.asdict(self)
 
     def to_toml(self) -> str:
-        return _dump_toml(self.to_dict())
+        return dump_toml(self.to_dict())
 
     def replace(self, **overrides: Any) -> Scenario:
         """A copy with dotted-path overrides, e.g. ``replace(**{"server.rounds": 3})``."""
@@ -453,62 +395,6 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scena
         key, value = parse_override(item, "override", "server.rounds=3")
         _set_path(raw, key, value)
     return Scenario.from_dict(raw)
-
-
-def read_toml(path: str | Path, what: str) -> tuple[str, dict[str, Any]]:
-    """(text, table) of a TOML file; ScenarioError naming the file if missing or invalid."""
-    path = Path(path)
-    if not path.is_file():
-        raise ScenarioError(f"{what} {str(path)!r} does not exist")
-    text = path.read_text()
-    try:
-        return text, tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ScenarioError(f"{path}: not valid TOML: {e}") from None
-
-
-def parse_override(item: str, what: str, example: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` -> (KEY, VALUE parsed as TOML); ScenarioError otherwise."""
-    key, sep, text = item.partition("=")
-    if not sep or not key.strip():
-        raise ScenarioError(f"{what} {item!r}: expected KEY=VALUE, e.g. {example}")
-    return key.strip(), parse_value(text.strip())
-
-
-def parse_value(text: str) -> Any:
-    """A command-line value as TOML (3, 0.1, true, [0, 1], {a = 1}); bare words are strings."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-# --------------------------------------------------------------------------------------
-# helpers
-
-
-def _set_path(raw: dict[str, Any], dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node: Any = raw
-    for i, part in enumerate(parts[:-1]):
-        here = ".".join(parts[: i + 1])
-        if isinstance(node, list):
-            node = node[_index(part, node, here)]
-        else:
-            node = node.setdefault(part, {})
-        if not isinstance(node, (dict, list)):
-            raise ScenarioError(f"override {dotted!r}: {here} is not a table")
-    last = parts[-1]
-    if isinstance(node, list):
-        node[_index(last, node, dotted)] = value
-    else:
-        node[last] = value
-
-
-def _index(part: str, node: list, path: str) -> int:
-    if not part.isdigit() or int(part) >= len(node):
-        raise ScenarioError(f"override {path!r}: expected an index below {len(node)}")
-    return int(part)
 
 
 def _from_dict(cls: type, raw: Any, path: str) -> Any:
@@ -547,12 +433,6 @@ def _from_dict(cls: type, raw: Any, path: str) -> Any:
         raise ScenarioError(f"{path or 'scenario'}: {e}") from None
 
 
-def _require(cond: bool, path: str, value: Any, expected: str) -> None:
-    # A value of the wrong type stops its field (nothing below it can be checked).
-    if not cond:
-        raise ScenarioError(f"{path}: got {value!r}, expected {expected}")
-
-
 def _coerce(tp: Any, v: Any, path: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
@@ -574,69 +454,3 @@ def _coerce(tp: Any, v: Any, path: str) -> Any:
     elif tp is str:
         _require(isinstance(v, str), path, v, "a string")
     return v
-
-
-def _check_kwargs(fn: Any, params: dict[str, Any], path: str, skip: int = 0,
-                  skip_names: tuple[str, ...] = ()) -> None:
-    import inspect
-
-    ps = list(inspect.signature(fn).parameters.values())[skip:]
-    names = [p.name for p in ps if p.name not in skip_names]
-    for k in params:
-        if k not in names:
-            close = difflib.get_close_matches(k, names, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            _report(f"{path}.{k}: unknown parameter{hint}; valid: {', '.join(names) or 'none'}")
-
-
-def _build(make: Any, path: str) -> Any:
-    try:
-        return make()
-    except ScenarioError as e:
-        for msg in e.errors:
-            _report(msg)
-    except (TypeError, ValueError, KeyError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        _report(f"{path}: {msg}")
-    return None
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
-    raise TypeError(f"cannot write {type(v).__name__} to TOML")
-
-
-def _toml_key(k: str) -> str:
-    return k if k.replace("_", "").replace("-", "").isalnum() else _toml_value(k)
-
-
-def _dump_toml(d: dict[str, Any]) -> str:
-    """Minimal TOML writer for the scenario's shape (stdlib has a reader only)."""
-    out: list[str] = []
-    tables, arrays = [], []
-    for k, v in d.items():
-        if isinstance(v, dict):
-            tables.append((k, v))
-        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
-            arrays.append((k, v))
-        elif isinstance(v, list) and not v:
-            continue
-        else:
-            out.append(f"{_toml_key(k)} = {_toml_value(v)}")
-    for k, v in tables:
-        out.append(f"\n[{k}]")
-        out += [f"{_toml_key(a)} = {_toml_value(b)}" for a, b in v.items()]
-    for k, items in arrays:
-        for item in items:
-            out.append(f"\n[[{k}]]")
-            out += [f"{_toml_key(a)} = {_toml_value(b)}" for a, b in item.items()]
-    return "\n".join(out) + "\n"

@@ -410,6 +410,8 @@ def bench(
     out: Annotated[Optional[Path], typer.Option(help="sweep directory (default runs/bench/<sweep name>)")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="validate the sweep and list its cells; run nothing")] = False,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a base-scenario field for every cell: KEY=VALUE")] = None,
+    backend: Annotated[str, typer.Option("--backend", help="local (in process / Ray tasks with --jobs) or slurm (one job array via submitit)")] = "local",
+    slurm: Annotated[Optional[list[str]], typer.Option("--slurm", help="submitit option KEY=VALUE for --backend slurm: partition, timeout_min, gpus_per_node, array_parallelism, cluster=local, ... (docs/scaling.md)")] = None,
 ) -> None:
     """Run a sweep (aggregators x attacks x fractions x alphas x seeds); rerunning resumes it."""
     import logging
@@ -454,7 +456,11 @@ def bench(
             console.print(line if ok else f"{line}: {st.get('error', '')}", highlight=False)
 
         try:
-            res = run_sweep(sw, out, jobs=jobs, on_cell=on_cell, on_start=on_start)
+            from fedsec.scenario import parse_override
+
+            slurm_opts = dict(parse_override(item, "--slurm", "partition=gpu") for item in slurm or [])
+            res = run_sweep(sw, out, jobs=jobs, on_cell=on_cell, on_start=on_start, backend=backend,
+                            slurm=slurm_opts)
         except SweepError as e:
             console.print(f"[red]{e}[/]")
             raise typer.Exit(2) from None

@@ -39,7 +39,7 @@ def test_inline_run_learns_and_writes_the_run_directory(tmp_path):
 
     d = r.run_dir
     assert {p.name for p in d.iterdir()} >= {"scenario.toml", "metrics.jsonl", "summary.json",
-                                               "model.safetensors", "accuracy.png"}
+                                               "model.safetensors", "curves.png"}
     rows = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
     assert [row["round"] for row in rows] == [1, 2, 3, 4]
     for row in rows:

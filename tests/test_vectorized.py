@@ -210,11 +210,18 @@ def test_round_matches_per_client_path(model, partitioner, trained_together):
 
 
 def test_batchnorm_running_statistics_match(trained_together):
-    s = load_scenario(QUICK, ['model.name="wrn"', "model.params={depth = 10, k = 1}", "data.num_clients=4",
-                              "client.epochs=1", "client.lr=0.01", 'run.engine="inline"', "run.vectorize=true",
-                              'attack=[{behaviour = "badnets", partitions = [1]}]'])
+    """WRN: running statistics per client, steps grouped by batch size.
+
+    A mild learning rate: on 8x8 digits some channels are nearly constant, and
+    BatchNorm turns rounding into large changes (the per-client loop itself moves
+    up to 3e-3 in 12 steps at lr 0.01 when its start is perturbed by 1e-7), so
+    only a well-conditioned run can show 1e-4 agreement in float32; the exact
+    semantics are checked in float64 above."""
+    s = load_scenario(QUICK, ['model.name="wrn"', "model.params={depth = 10, k = 1}", "data.num_clients=12",
+                              "client.epochs=1", "client.lr=0.005", "client.batch_size=64", 'run.engine="inline"',
+                              "run.vectorize=true", 'attack=[{behaviour = "badnets", partitions = [1]}]'])
     a, b = _round(s, vectorize=False), _round(s, vectorize=True)
-    assert trained_together == [[0, 1, 2, 3]]
+    assert trained_together == [list(range(12))]
     _assert_same_round(a, b)
     stats = [k for k in a[0][0] if "running" in k or "num_batches" in k]
     assert stats and all(not torch.equal(a[0][0][k], initial_state(s)[k]) for k in stats)  # they moved

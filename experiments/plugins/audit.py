@@ -6,10 +6,10 @@
 Sections (each prints a markdown table; results and commentary: audit.md):
 
 ``nc``
-    Neural Cleanse (Wang et al. S&P 2019) on global models of digits federations
-    (10 clients, Dirichlet(1.0), plain FedAvg, the `cnn`): with 4 BadNets clients
-    (3x3 white corner patch -> class 0, 30% of every batch), and the same federation
-    without attackers, one per seed. Paper: the backdoored models are flagged
+    Neural Cleanse (Wang et al. S&P 2019) on global models of federations (default:
+    10 clients, Dirichlet(1.0), plain FedAvg, the `cnn`, 10 rounds): with BadNets
+    clients (default 4; 3x3 white corner patch -> class 0, 30% of every batch), and
+    the same federation without attackers, one per seed. Paper: the backdoored models are flagged
     (anomaly index > 2) with the right target; clean models are not (false positives).
 ``prune``
     Fine-pruning (Liu et al. RAID 2018) of the same global models with the server's
@@ -28,6 +28,11 @@ Sections (each prints a markdown table; results and commentary: audit.md):
     squares and noise blends) is evaluated on triggers it never saw: the BadNets square,
     a cross, a fixed blend pattern, and a smooth (low-frequency) trigger that Zeng et al.
     Sec. 5 design to evade it.
+``sanitize``
+    Federations of 4 IID clients where 2 are victims of a data-collection attack (3% of
+    their data BadNets-poisoned, `per = "dataset"`): as is, and as `sanitizing` clients
+    that audit their data each round (a local model trained from the global one) and
+    drop what activation clustering or spectral signatures flag. Final ASR and accuracy.
 ``bitflip``
     Post-deployment progressive bit search (Rakin et al. ICCV 2019) on the final global
     model, the fine-pruned model and the ABD-distilled student (one federation with the
@@ -76,12 +81,12 @@ def pct(v: Any) -> str:
 def federation(args, seed: int, attacked: bool, out: Path, plugins: list[dict] | None = None):
     s = Scenario.from_dict({
         "name": f"audit-{'bd' if attacked else 'clean'}-{seed}",
-        "data": {"dataset": args.dataset, "num_clients": 10, "partitioner": "dirichlet",
-                 "partitioner_params": {"alpha": 1.0}},
+        "data": {"dataset": args.dataset, "num_clients": args.num_clients, "partitioner": args.partitioner,
+                 **({"partitioner_params": {"alpha": 1.0}} if args.partitioner == "dirichlet" else {})},
         "model": {"name": "cnn"},
         "client": {"epochs": args.local_epochs, "batch_size": 32, "lr": 0.05},
         "server": {"rounds": args.rounds, "aggregator": "mean"},
-        "attack": ([{"behaviour": "badnets", "partitions": [0, 1, 2, 3],
+        "attack": ([{"behaviour": "badnets", "partitions": list(range(args.attackers)),
                      "params": {"target": TARGET, "poison_fraction": 0.3, "trigger": TRIGGER.to_spec()}}]
                    if attacked else []),
         "plugins": plugins or [],
@@ -369,12 +374,58 @@ def section_bitflip(args, out: Path, figures: dict) -> None:
     print("\n".join(lines) + "\n")
 
 
+# --------------------------------------------------------------------------------------
+# sanitize: federations whose victims' collected data were poisoned, with and without sanitizing
+
+SANITIZERS = {"AC pca": {"detector": "activation_clustering", "detector_params": {"reduce": "pca"}},
+              "SS eps=0.3": {"detector": "spectral_signatures", "detector_params": {"eps": 0.3}}}
+
+
+def section_sanitize(args, out: Path, figures: dict) -> None:
+    poison = {"behaviour": "badnets",
+              "params": {"target": TARGET, "poison_fraction": args.victim_poison, "per": "dataset",
+                         "trigger": TRIGGER.to_spec()}}
+    rows = []
+    for seed in range(args.seeds):
+        variants = {"no defense": poison}
+        variants.update({f"sanitizing, {k}": {"behaviour": "sanitizing", "params": {
+            **v, "warmup_epochs": args.warmup, "poisoned_by": poison}} for k, v in SANITIZERS.items()})
+        for label, attack in variants.items():
+            t0 = time.perf_counter()
+            s = Scenario.from_dict({
+                "name": f"audit-sanitize-{seed}",
+                "data": {"dataset": args.dataset, "num_clients": 4, "partitioner": "iid"},
+                "model": {"name": "cnn"},
+                "client": {"epochs": args.local_epochs, "batch_size": 32, "lr": 0.05},
+                "server": {"rounds": args.rounds, "aggregator": "mean"},
+                "attack": [{**attack, "partitions": [0, 1]}],
+                "run": {"seed": seed, "engine": "inline", "output": str(out),
+                        "imports": ["fedsec.audit.sanitizing"]},
+            })
+            res = fedsec.run(s)
+            last = res.history[-1]
+            row = {"seed": seed, "variant": label, "acc": last["clean_acc"], "asr": last["asr"]["badnets"]}
+            rows.append(row)
+            print(f"  seed {seed} {label}: acc {pct(row['acc'])} ASR {pct(row['asr'])} "
+                  f"({time.perf_counter() - t0:.0f}s)", flush=True)
+    figures["sanitize"] = rows
+    lines = ["| victims (2 of 4 clients) | final acc | final ASR |", "|---|---|---|"]
+    for label in dict.fromkeys(r["variant"] for r in rows):
+        rs = [r for r in rows if r["variant"] == label]
+        lines.append(f"| {label} | {pct(_mean([r['acc'] for r in rs]))} | {pct(_mean([r['asr'] for r in rs]))} "
+                     f"(per seed: {', '.join(pct(r['asr']) for r in rs)}) |")
+    print("\n".join(lines) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", default="digits")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--sections", default="nc,prune,data,frequency,bitflip")
+    ap.add_argument("--sections", default="nc,prune,data,frequency,sanitize,bitflip")
     ap.add_argument("--rounds", type=int, default=10, help="federation rounds")
+    ap.add_argument("--num-clients", type=int, default=10)
+    ap.add_argument("--attackers", type=int, default=4, help="BadNets clients (partitions 0..k-1)")
+    ap.add_argument("--partitioner", default="dirichlet", choices=["dirichlet", "iid"])
     ap.add_argument("--local-epochs", type=int, default=2)
     ap.add_argument("--nc-passes", type=int, default=60)
     ap.add_argument("--fp-epochs", type=int, default=10)
@@ -383,6 +434,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--local-train-epochs", type=int, default=20)
     ap.add_argument("--freq-clean", type=int, default=600, help="clean images the frequency detector trains on")
     ap.add_argument("--no-retrain", dest="retrain", action="store_false")
+    ap.add_argument("--victim-poison", type=float, default=0.03,
+                    help="sanitize: fraction of each victim's data poisoned (per dataset)")
+    ap.add_argument("--warmup", type=int, default=10, help="sanitize: local epochs of the auditing model")
     ap.add_argument("--abd-steps", type=int, default=200)
     ap.add_argument("--flip-budget", type=int, default=40)
     ap.add_argument("--json", default=None)
@@ -402,6 +456,9 @@ def main(argv: list[str] | None = None) -> int:
         if "frequency" in args.sections:
             print("## Frequency detector on unseen triggers", flush=True)
             section_frequency(args, figures)
+        if "sanitize" in args.sections:
+            print("## Sanitizing clients in a federation", flush=True)
+            section_sanitize(args, out, figures)
         if "bitflip" in args.sections:
             print("## Bit flips on the deployed model", flush=True)
             section_bitflip(args, out, figures)

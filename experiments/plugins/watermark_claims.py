@@ -89,7 +89,8 @@ def backdoor_attacks(secret: Trigger, in_shape, target: int, clients: int,
     moved_mask[r1 : r1 + s, c1 : c1 + s] = 1
     moved_pat[r1 : r1 + s, c1 : c1 + s] = cells
     triggers = [
-        ("blend (alpha 0.2)", False, {"kind": "blend", "alpha": 0.2, "seed": 5}),
+        # alpha 0.3: at 0.2 three of ten BadNets clients reach an ASR of only 0.03 on digits
+        ("blend (alpha 0.3)", False, {"kind": "blend", "alpha": 0.3, "seed": 5}),
         (f"white {s}x{s} square, bottom-right", False,
          {"kind": "patch", "size": s, "location": "bottom_right", "value": 1.0}),
         (f"white {s}x{s} square on the secret's position ({r0},{c0})", True,
@@ -196,7 +197,13 @@ def main() -> None:
         out.append(f"| {label} | {sum(r[key] for r in owned)} / {len(owned)} | "
                    f"{sum(r[key] for r in others)} / {len(others)} | {rate} | "
                    f"{sum(r[key] for r in stress)} / {len(stress)} |")
-    out += ["", f"(total {time.perf_counter() - t_start:.0f} s)"]
+    out += ["", "d(t): mean P(target | t(x)) of the model minus that of the owner's un-watermarked model, "
+            "over the OoD verification inputs; the new test claims when the secret's d ranks above all "
+            "but a fraction alpha of the controls'. 'Made without the key': the null hypothesis of the "
+            "new test (its false-claim rate <= alpha there); 'knows half the key': BadNets built from the "
+            "secret's position or pattern, outside that hypothesis. 'Stand-in keys claimed': the share of "
+            f"{args.null_keys} other random keys each test would have claimed on that model.",
+            "", f"(total {time.perf_counter() - t_start:.0f} s)"]
     text = "\n".join(out) + "\n"
     print(text)
     if args.out:

@@ -84,11 +84,16 @@ class SweepOutcome:
 
 def run_sweep(sweep: Sweep, out: str | Path, *, jobs: int = 1,
               on_cell: Callable[[Cell, dict[str, Any]], None] | None = None,
-              on_start: Callable[[int, int], None] | None = None) -> SweepOutcome:
+              on_start: Callable[[int, int], None] | None = None,
+              backend: str = "local", slurm: dict[str, Any] | None = None) -> SweepOutcome:
     """Run the cells not finished yet (``jobs`` at a time), then write the report.
 
     ``on_start(total, skipped)`` and ``on_cell(cell, status)`` drive a progress display.
+    ``backend``: ``local`` (in process, or Ray tasks when ``jobs`` > 1) or ``slurm`` (one
+    job array through submitit, options ``slurm``: fedsec.bench.slurm).
     """
+    if backend not in ("local", "slurm"):
+        raise SweepError(f"backend: got {backend!r}, expected 'local' or 'slurm'")
     if jobs < 1:
         raise SweepError(f"jobs: got {jobs!r}, expected an integer >= 1")
     out = Path(out)
@@ -111,7 +116,11 @@ def run_sweep(sweep: Sweep, out: str | Path, *, jobs: int = 1,
             on_cell(c, st)
 
     try:
-        if jobs == 1 or len(todo) <= 1:
+        if backend == "slurm":
+            from fedsec.bench.slurm import run_slurm
+
+            run_slurm(todo, out, dict(slurm or {}), finished)
+        elif jobs == 1 or len(todo) <= 1:
             for c in todo:
                 finished(c, run_cell(c.scenario.to_toml(), str(cell_dir(out, c.digest))))
         else:

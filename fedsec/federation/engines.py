@@ -153,6 +153,7 @@ def _server_context() -> Context:
 
 @register_engine("inline")
 def run_inline(scenario, main: ServerMain, *, on_reply=None) -> None:
+    """Every client in this process, one after another, on the same Grid (tests, debugging; no Ray)."""
     from fedsec.federation.client import client_app
 
     with frozen_gc(LocalGrid(client_app, scenario.data.num_clients, on_reply=on_reply)) as grid:

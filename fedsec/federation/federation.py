@@ -257,10 +257,13 @@ class Federation:
             self.initial = self._evaluate()
         self.progress.extra["initial"] = self.initial
         self.recorder.start(self.initial)
+        if self.start_round == 1:
+            self._recorded({"round": 0, **self.initial})
         try:
             for rnd in range(self.start_round, s.server.rounds + 1):
                 outcome = self.step(grid, rnd)
                 row = self.recorder.record(outcome)
+                self._recorded(row)
                 if self.progress.on_round_end:
                     self.progress.on_round_end(row)
                 if not outcome.replied:
@@ -324,6 +327,14 @@ class Federation:
         )
 
     # -- pieces ----------------------------------------------------------------------------
+    def _recorded(self, row: dict[str, Any]) -> None:
+        """Plugins' optional ``on_round_recorded(row, ctx)``: the round's line as written
+        (trackers), after evaluation, where ``on_round_end`` runs before it."""
+        for _, plugin in self.plugins:
+            hook = getattr(plugin, "on_round_recorded", None)
+            if hook is not None:
+                hook(row, self.plugin_ctx)
+
     def _load(self, state: dict[str, torch.Tensor]) -> nn.Module:
         self.model.load_state_dict(state)
         return self.model

@@ -231,6 +231,8 @@ def get_pool(num_cpus: float, num_gpus: float) -> ActorPool:
 
 @register_engine("ray")
 def run_ray(scenario, main: ServerMain, *, on_reply=None) -> None:
+    """A pool of long-lived Ray actors running the ClientApp (the default; joins run.ray_address
+    or $RAY_ADDRESS)."""
     from fedsec.federation.client import client_app
 
     ensure_ray(scenario.run.ray_address or os.environ.get("RAY_ADDRESS", ""))

@@ -46,6 +46,8 @@ def small_cnn(
 def mlp(
     *, in_shape: tuple[int, int, int], num_classes: int, hidden: int = 128, depth: int = 2
 ) -> nn.Module:
+    """A fully connected network: flatten, ``depth - 1`` hidden ReLU layers of ``hidden`` units,
+    a linear head."""
     _positive("hidden", hidden)
     _positive("depth", depth)
     dims = [in_shape[0] * in_shape[1] * in_shape[2]] + [hidden] * (depth - 1)

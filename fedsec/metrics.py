@@ -30,6 +30,17 @@ class EvalTrigger:
 
 
 @torch.no_grad()
+def logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """(N, K) float32 logits on CPU, in eval mode; the model's train/eval mode is restored."""
+    was = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    out = [model(x[i : i + batch_size].to(dev)).float().cpu() for i in range(0, len(x), batch_size)]
+    model.train(was)
+    return torch.cat(out) if out else torch.empty(0)
+
+
+@torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     model.eval()
     device = next(model.parameters()).device

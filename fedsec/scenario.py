@@ -45,8 +45,9 @@ class DataConfig:
     shards_per_client: int = 2
     """Classes-shards per client (``shards``)."""
     partitioner_params: dict[str, Any] = field(default_factory=dict)
-    """Extra keyword arguments for the partitioner (a registered one's, ``natural``'s ``by``, or the
-    constructor's of a ``flwr:<Class>`` flwr-datasets partitioner: fedsec.data.partition)."""
+    """Extra keyword arguments for the partitioner (a registered one's, or the constructor's of a
+    ``flwr:<Class>`` flwr-datasets partitioner, e.g. ``flwr:NaturalIdPartitioner`` with
+    ``partition_by = "writer"``: fedsec.data.partition, fedsec.data.natural)."""
     augment: str = "auto"
     """Training augmentation per batch on the training device (fedsec.data.augment): ``none``,
     ``crop_flip``, ``crop``; ``auto`` = crop_flip for CIFAR-10/100, crop for GTSRB, else none."""
@@ -79,7 +80,7 @@ class DataConfig:
                     _report(f"{path}.partitioner_params.{problem}")
         elif _check_name(self.partitioner, PARTITIONERS, f"{path}.partitioner"):
             _check_kwargs(PARTITIONERS.get(self.partitioner), self.partitioner_params,
-                          f"{path}.partitioner_params", skip=3, skip_names=("columns",))
+                          f"{path}.partitioner_params", skip=3)
         from fedsec.data.augment import AUGMENTATIONS, NORMALIZATION, NORMALIZE_MODES
 
         if self.augment != "auto":

@@ -43,8 +43,7 @@ def test_sweep_on_the_local_submitit_executor_matches_in_process(tmp_path):
                             "--slurm", "cluster=local", "--slurm", "timeout_min=10"])
     assert r.exit_code == 0, r.output
     jobs = json.loads((out_s / "slurm" / "jobs.json").read_text())
-    assert len(jobs) == 2 and all("_" in j for j in jobs.values())  # one array: <job>_<task>
-    assert len({j.split("_")[0] for j in jobs.values()}) == 1
+    assert len(jobs) == 2 and len(set(jobs.values())) == 2  # one task per cell (local ids: process ids)
     r = runner.invoke(app, ["bench", str(sweep), "--out", str(out_l)])
     assert r.exit_code == 0, r.output
     a, b = _rows(out_s), _rows(out_l)
@@ -65,3 +64,24 @@ def test_bad_slurm_options_are_named(tmp_path):
     assert r.exit_code == 2 and "--slurm cluster: got 'moon', expected one of ['slurm', 'local', 'debug']" in r.output
     r = runner.invoke(app, ["bench", str(sweep), "--out", str(tmp_path / "o"), "--backend", "pbs"])
     assert r.exit_code == 2 and "backend: got 'pbs', expected 'local' or 'slurm'" in r.output
+
+
+def test_slurm_options_make_one_job_array(tmp_path, monkeypatch):
+    """The sbatch script submitit writes for our options (a stand-in ``srun`` on PATH: no cluster
+    here): partition, time limit, GPUs, and one array of the cells with the parallelism cap."""
+    from fedsec.bench import parse_sweep
+    from fedsec.bench.slurm import executor
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (fake / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:" + __import__("os").environ["PATH"])
+    sw = parse_sweep({"base": {"server": {"rounds": 1}, "run": {"device": "cuda", "threads": 2}},
+                      "aggregators": ["mean", "median", "krum"], "attacks": ["none"], "seeds": [0]})
+    ex = executor(tmp_path / "%j", {"partition": "gpu", "array_parallelism": 2, "timeout_min": 30}, sw.cells)
+    ex._executor.parameters["map_count"] = len(sw.cells)  # what map_array sets for an array of 3
+    text = ex._executor._make_submission_file_text("python -u -m submitit.core._submit x", "uid")
+    for line in ["#SBATCH --partition=gpu", "#SBATCH --time=30", "#SBATCH --gpus-per-node=1",
+                 "#SBATCH --cpus-per-task=2", "#SBATCH --array=0-2%2", "#SBATCH --job-name=fedsec-bench"]:
+        assert line in text, text

@@ -86,28 +86,26 @@ def test_a_partitioner_that_makes_another_count_is_an_error():
         partition("flwr:NaturalIdPartitioner", labels, 4, seed=0, partition_by="label")
 
 
+NATURAL = ['data.partitioner="flwr:NaturalIdPartitioner"', 'data.partitioner_params={partition_by = "writer"}']
+
+
 def test_natural_partition_gives_each_client_one_writer():
     """Independent reference: the examples of each writer, writers in sorted order."""
     from fedsec.federation.env import partitions_of
 
-    s = load_scenario(QUICK, [INLINE, 'data.dataset="writers_synth"', f"data.num_clients={WRITERS}",
-                              'data.partitioner="natural"', 'data.partitioner_params={by = "writer"}'])
+    s = load_scenario(QUICK, [INLINE, 'data.dataset="writers_synth"', f"data.num_clients={WRITERS}", *NATURAL])
     writer = _writer_of()
     want = [np.flatnonzero(writer == w) for w in sorted(set(writer.tolist()))]
     got = partitions_of(s)
-    assert all(np.array_equal(a, b) for a, b in zip(got, want)) and len(got) == WRITERS
-    # the same through flwr-datasets' class by name
-    s2 = s.replace(**{"data.partitioner": "flwr:NaturalIdPartitioner",
-                      "data.partitioner_params": {"partition_by": "writer"}})
-    assert all(np.array_equal(a, b) for a, b in zip(partitions_of(s2), want))
+    assert len(got) == WRITERS and all(np.array_equal(a, b) for a, b in zip(got, want))
+    assert [len(p) for p in got] == [12] * WRITERS
 
 
 def test_natural_partition_federation_runs(tmp_path):
     from fedsec import run
 
-    s = load_scenario(QUICK, [INLINE, 'data.dataset="writers_synth"', f"data.num_clients={WRITERS}",
-                              'data.partitioner="natural"', "server.rounds=1", "client.epochs=1",
-                              "model.name=\"mlp\""])
+    s = load_scenario(QUICK, [INLINE, 'data.dataset="writers_synth"', f"data.num_clients={WRITERS}", *NATURAL,
+                              "server.rounds=1", "client.epochs=1", 'model.name="mlp"'])
     r = run(s, output=tmp_path)
     assert r.history[0]["sampled"] == list(range(WRITERS)) and r.history[0]["failed"] == []
     assert 0.0 <= r.history[0]["clean_acc"] <= 1.0
@@ -115,12 +113,12 @@ def test_natural_partition_federation_runs(tmp_path):
 
 def test_natural_partition_errors():
     labels = np.arange(60) % 3
-    with pytest.raises(ScenarioError, match=r"data.num_clients: got 4, but the dataset has 5 distinct 'writer' ids"):
-        partition("natural", labels, 4, seed=0, columns={"writer": _writer_of()})
-    with pytest.raises(ScenarioError, match=r"by: got 'user', but this dataset's natural-id columns are \['writer'\]"):
-        partition("natural", labels, 5, seed=0, columns={"writer": _writer_of()}, by="user")
-    with pytest.raises(ScenarioError, match=r"natural-id columns are none"):
-        partition("natural", labels, 5, seed=0, columns={})
+    cols = {"writer": _writer_of()}
+    with pytest.raises(ValueError, match=r"NaturalIdPartitioner made 5 partitions, but data.num_clients = 4: "
+                                         r"set data.num_clients = 5"):
+        partition("flwr:NaturalIdPartitioner", labels, 4, seed=0, columns=cols, partition_by="writer")
+    with pytest.raises(ValueError, match=r"partition_by: got 'user', expected one of \['label', 'writer'\]"):
+        partition("flwr:NaturalIdPartitioner", labels, 5, seed=0, columns=cols, partition_by="user")
     assert natural_ids("digits") == {}  # the bundled digits carry no writer
 
 

@@ -329,3 +329,26 @@ def test_quickstart_accuracy_matches_inline(tmp_path):
     a = run(load_scenario(QUICK, ['run.engine="inline"']), output=tmp_path)
     b = run(load_scenario(QUICK, ['run.engine="inline"', "run.vectorize=true"]), output=tmp_path)
     assert abs(a.history[-1]["clean_acc"] - b.history[-1]["clean_acc"]) <= 0.01
+
+
+def test_ray_chunks_balance_partition_sizes_and_leave_the_rest_alone():
+    s = load_scenario(QUICK, ["data.num_clients=7", 'run.engine="ray"', "run.vectorize=true",
+                              'attack=[{behaviour = "code_poisoning", partitions = [3]}]'])
+    _server_context()
+    grid = LocalGrid(client_app, 7)
+    content = RecordDict({"arrays": ArrayRecord(initial_state(s)),
+                          "config": ConfigRecord({"scenario": s.to_toml(), "server-round": 1})})
+    msgs = [Message(content, node_id_of(p), MessageType.TRAIN) for p in range(7)]
+    ctxs = [grid.contexts[node_id_of(p)] for p in range(7)]
+    chunks, rest = vectorized.plan_chunks(msgs, ctxs, workers=2)
+    assert rest == [3] and sorted(i for c in chunks for i in c) == [0, 1, 2, 4, 5, 6] and len(chunks) == 2
+    from fedsec.federation.env import partitions_of
+
+    sizes = [sum(len(partitions_of(s)[i]) for i in c) for c in chunks]
+    biggest = max(len(partitions_of(s)[i]) for i in range(7) if i != 3)
+    assert abs(sizes[0] - sizes[1]) <= biggest  # greedy: within one partition of even
+    off = load_scenario(QUICK, ["data.num_clients=7", 'run.engine="ray"'])
+    content_off = RecordDict({"arrays": ArrayRecord(initial_state(off)),
+                              "config": ConfigRecord({"scenario": off.to_toml(), "server-round": 1})})
+    msgs_off = [Message(content_off, node_id_of(p), MessageType.TRAIN) for p in range(7)]
+    assert vectorized.plan_chunks(msgs_off, ctxs, workers=2) == ([], list(range(7)))

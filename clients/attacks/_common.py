@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from fedsec.data.triggers import Trigger
+from fedsec.models.layers import last_linear  # noqa: F401  (re-exported for attacks)
 from fedsec.validation import check as _check
 
 
@@ -81,14 +82,6 @@ def poison_rows(x: torch.Tensor, y: torch.Tensor, fraction: float, trigger: Trig
     x[idx] = trigger.apply(x[idx])
     y[idx] = relabel(y[idx])
     return x, y
-
-
-def last_linear(model: nn.Module) -> nn.Linear:
-    """The classifier head: the last ``nn.Linear`` in module order."""
-    heads = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not heads:
-        raise TypeError("the model has no nn.Linear layer to read penultimate features from")
-    return heads[-1]
 
 
 def penultimate(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

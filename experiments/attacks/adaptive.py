@@ -61,8 +61,10 @@ def lifespan_table(df) -> str:
     back = df[(df["server.rounds"] == df["server.rounds"].max()) & (df.attack != "none")]
     for _, r in back.iterrows():
         life = [v for k, v in r.items() if str(k).startswith("summary.asr_lifespan.") and v == v]
-        rows.append(f"| {r.aggregator} | {r.attack} | {_fmt(r.max_asr)} | {_fmt(r.final_asr)} "
-                    f"| {life[0] if life else '—'} |")
+        span = life[0] if life else "—"
+        if isinstance(span, float) and span.is_integer():
+            span = int(span)
+        rows.append(f"| {r.aggregator} | {r.attack} | {_fmt(r.max_asr)} | {_fmt(r.final_asr)} | {span} |")
     return "\n".join(rows)
 
 

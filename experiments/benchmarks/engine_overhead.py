@@ -182,7 +182,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4, help="rounds per run (round 1 is warm-up)")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--axes", default="engines,clients", help="engines, clients or both")
-    ap.add_argument("--engines", default="ray,inline,flower,inline+vec,ray+vec",
+    ap.add_argument("--engines", default="ray,inline,inline+vec,ray+vec,flower",
                     help=f"variants of the engines table, from {list(VARIANTS)}")
     ap.add_argument("--clients", default="20d,20,100,1000",
                     help="client counts of the clients table; a trailing d = Dirichlet(0.5), else IID")

@@ -157,7 +157,10 @@ def main() -> None:
                        f"{v['p_value']:.2g} / {v['p_panel']:.2g} | {a['acc']:.4f} | {a['wsr_id']:.4f} | "
                        f"{a['wsr_ood']:.4f} | {a['p_value']:.2g} / {a['p_panel']:.2g} |")
         out.append("")
-    out += [f"(watermark experiments: {time.perf_counter() - t0:.0f} s)", "", PAPER]
+    out += [f"(watermark experiments: {time.perf_counter() - t0:.0f} s)", "",
+            "The ownership decision on models that do not carry this watermark (other backdoors to the "
+            "same class, another owner's watermark, clean federations): experiments/plugins/"
+            "watermark_claims.md.", "", PAPER]
     text = "\n".join(out)
     print(text)
     if args.out:

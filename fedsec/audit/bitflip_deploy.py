@@ -28,8 +28,8 @@ figures record the goal metric on the attacker's batch and on held-out data
 after every flip; ``flips_to_goal_on_eval`` is the first flip count at which
 the held-out data reach the goal (None: not within the budget).
 
-The ``bitflip_deploy`` server plugin (``[[plugins]] name = "bitflip_deploy"``)
-attacks the final global model at the end of the run with an attacker batch
+The ``bitflip_deploy`` server plugin (``[[plugins]] name = "bitflip_deploy"``,
+:class:`fedsec.audit.plugins.BitFlipDeploy`, the fields of :class:`DeployAttack`) attacks the final global model at the end of the run with an attacker batch
 drawn from the server's held-out clean part of the test split and measures
 accuracy (and ASR) on the other part; with ``compare = ["fine_pruning",
 "abd"]`` it also attacks the repaired models those plugins wrote into the run

@@ -54,7 +54,11 @@ def executor(folder: Path, options: dict[str, Any], cells: list[Cell]):
         params["gpus_per_node"] = gpus
     for k, v in opts.items():
         params[k if k in GENERIC or k.startswith("slurm_") else f"slurm_{k}"] = v
-    ex = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
+    try:
+        ex = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
+    except RuntimeError as e:  # submitit: 'Could not detect "srun", are you indeed on a slurm cluster?'
+        raise SweepError(f"--backend slurm: {e} (run on a SLURM login node, or try the whole path on this "
+                         "machine with --slurm cluster=local)") from None
     try:
         ex.update_parameters(**params)
     except (ValueError, TypeError) as e:

@@ -4,8 +4,10 @@ A natural partition gives each client the examples of one writer (FEMNIST),
 user (Shakespeare, Sent140) or physical object, the non-IID split that
 federated data has in the wild. A dataset can expose such columns: a function
 registered here returns, for its *training* split, name -> (N_train,) array of
-ids aligned with ``load_dataset(...).train``; the partitioners ``natural`` and
-``flwr:NaturalIdPartitioner`` / ``flwr:GroupedNaturalIdPartitioner`` split by them.
+ids aligned with ``load_dataset(...).train``; ``data.partitioner =
+"flwr:NaturalIdPartitioner"`` with ``data.partitioner_params = {partition_by = "writer"}``
+gives one client per id (data.num_clients must equal the number of ids; partition i =
+the i-th id in sorted order), ``flwr:GroupedNaturalIdPartitioner`` groups ids.
 
 Of the datasets fedsec ships, none has a writer or user field: scikit-learn's
 digits, MNIST, Fashion-MNIST, EMNIST (torchvision's copy drops the NIST writer

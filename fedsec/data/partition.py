@@ -5,8 +5,8 @@ Backed by flwr-datasets' partitioners run on the in-memory labels (a
 natural-id columns such as ``writer``: fedsec.data.natural), so the splits are
 Flower's own and reproducible from ``seed``.
 
-Names: the registered ``iid``, ``dirichlet``, ``shards``, ``natural`` (one
-natural id per client), or ``flwr:<Class>`` for any row partitioner of
+Names: the registered ``iid``, ``dirichlet``, ``shards``, or ``flwr:<Class>`` for any row
+partitioner of
 ``flwr_datasets.partitioner`` with its constructor's keyword arguments
 (``data.partitioner = "flwr:PathologicalPartitioner"``, ``data.partitioner_params =
 {num_classes_per_partition = 2}``): fedsec supplies ``num_partitions``
@@ -79,7 +79,8 @@ def partition(
     """Split ``labels`` (N,) into ``num_partitions`` disjoint sorted index arrays.
 
     ``columns``: the dataset's natural-id columns (name -> (N,) array), for the
-    partitioners that split by them (``natural``, ``flwr:NaturalIdPartitioner``, ...).
+    partitioners that split by them (``flwr:NaturalIdPartitioner`` with ``partition_by =
+    "writer"``: one client per writer; ``flwr:GroupedNaturalIdPartitioner``).
     """
     if num_partitions < 1:
         raise ValueError(f"num_partitions must be >= 1, got {num_partitions}")
@@ -207,25 +208,3 @@ def shards(
     )
     return _flwr_split(p, labels, num_partitions)
 
-
-@register_partitioner("natural")
-def natural(labels: np.ndarray, num_partitions: int, seed: int, columns: dict[str, np.ndarray],
-            by: str = "writer") -> list[np.ndarray]:
-    """One client per natural id (writer, user, track): flwr-datasets' NaturalIdPartitioner
-    over the dataset's ``by`` column. data.num_clients must equal the number of distinct ids
-    (partition i = the i-th id in sorted order)."""
-    from flwr_datasets.partitioner import NaturalIdPartitioner
-
-    if by not in columns:
-        from fedsec.scenario import ScenarioError
-
-        have = sorted(columns) or "none"
-        raise ScenarioError(f"data.partitioner_params.by: got {by!r}, but this dataset's natural-id columns are "
-                            f"{have} (fedsec.data.natural.register_natural_ids adds some)")
-    n_ids = len(np.unique(columns[by]))
-    if n_ids != num_partitions:
-        from fedsec.scenario import ScenarioError
-
-        raise ScenarioError(f"data.num_clients: got {num_partitions}, but the dataset has {n_ids} distinct "
-                            f"{by!r} ids, one client each: set data.num_clients = {n_ids}")
-    return _flwr_split(NaturalIdPartitioner(partition_by=by), labels, num_partitions, columns)

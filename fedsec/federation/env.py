@@ -64,7 +64,7 @@ def _partitions(dataset: str, root: str, download: bool, name: str, params_json:
 
     labels = load_dataset(dataset, root, download).train.y.numpy()
     # Natural-id columns (writer, track) only for the partitioners that can split by them.
-    columns = natural_ids(dataset, root, download) if name == "natural" or name.startswith("flwr:") else None
+    columns = natural_ids(dataset, root, download) if name.startswith("flwr:") else None
     parts = partition(name, labels, num_clients, seed=seed, columns=columns, **json.loads(params_json))
     return tuple(parts)
 

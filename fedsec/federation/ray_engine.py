@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 from typing import Any
 
 from flwr.app import Context, Message
@@ -60,6 +61,10 @@ def shutdown() -> None:
         except Exception:
             pass
     _POOL.clear()
+    # Object refs die with the session: forget the shared datasets put in it.
+    shared = sys.modules.get("fedsec.federation.shared")
+    if shared is not None:
+        shared._PUBLISHED.clear()
     if _ray().is_initialized():
         _ray().shutdown()
 

@@ -66,7 +66,16 @@ def forward(model: nn.Sequential, params: Mapping[str, torch.Tensor], x: torch.T
         h, flat = x.transpose(0, 1).reshape(b, k * x.shape[2], *x.shape[3:]), False
     else:
         h, flat = x, True  # already (K, B, F)
-    for name, m in model.named_children():
+    layers = list(model.named_children())
+    for i, (name, m) in enumerate(layers):
+        if isinstance(m, nn.MaxPool2d) and i and type(layers[i - 1][1]) is nn.ReLU and not flat:
+            h = F.relu(m(h))  # the ReLU before it was deferred (below)
+            continue
+        if type(m) is nn.ReLU and i + 1 < len(layers) and isinstance(layers[i + 1][1], nn.MaxPool2d) and not flat:
+            # relu(maxpool(x)) = maxpool(relu(x)) in value and in gradient (ReLU is monotone, and
+            # where a window's max is <= 0 both give no gradient): pooling first makes the ReLU
+            # and its backward 4x smaller.
+            continue
         if isinstance(m, nn.Conv2d):
             assert not flat, f"layer {name}: a convolution after flattening"
             w = params[f"{name}.weight"]

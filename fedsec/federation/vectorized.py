@@ -66,12 +66,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from flwr.app import Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from fedsec.federation import stacked
-from fedsec.federation.arrays import in_memory_content, tensor_record
+from fedsec.federation.arrays import TensorArray, in_memory_content, tensor_record
 from fedsec.federation.env import dataset_info, device_of, reusable_model, scenario_from_toml
 from fedsec.seeding import derive_seed, torch_threads
 
@@ -395,12 +395,12 @@ def train_together(info: _Model, global_state: dict[str, torch.Tensor], clients:
     steps = [c.steps for c in clients]
     assert steps == sorted(steps, reverse=True), "clients must be sorted by step count, descending"
 
-    def stacked(v: torch.Tensor) -> torch.Tensor:
+    def rows_of(v: torch.Tensor) -> torch.Tensor:
         v = v.to(device)
         return v.unsqueeze(0).expand(K, *v.shape).clone()
 
-    P = {k: stacked(global_state[k]) for k in info.trainable}
-    C = {k: stacked(global_state[k] if k in global_state else info.extra[k]) for k in info.frozen + info.buffers}
+    P = {k: rows_of(global_state[k]) for k in info.trainable}
+    C = {k: rows_of(global_state[k] if k in global_state else info.extra[k]) for k in info.frozen + info.buffers}
     M = {k: torch.empty_like(v) for k, v in P.items()} if momentum != 0 else None
     fns = {masked: _grad_fn(info, masked=masked) for masked in (True, False)}
     loss_sum = torch.zeros(K, dtype=torch.float64)
@@ -616,9 +616,19 @@ def _run_group(messages: Sequence[Message], contexts: Sequence[Context], idx: li
                     for _ in cl.stream:  # the per-client loop's draws end here too
                         raise _GroupFailed(f"partition {cl.pid}: more batches than steps")
                     trained[cl.index] = (rows, j)
-        except _GroupFailed as e:
-            _say_once(f"run.vectorize: a batched pass failed, its clients retrain one by one ({e})")
-            return {i: r for i, r in out.items()}
+        except Exception as e:  # the per-client path gives each client its own outcome
+            _say_once(f"run.vectorize: a batched pass failed, its clients retrain one by one "
+                      f"({type(e).__name__}: {e})" if not isinstance(e, _GroupFailed) else
+                      f"run.vectorize: a batched pass failed, its clients retrain one by one ({e})")
+            return out
+        on_host: dict[int, dict[str, torch.Tensor]] = {}
+
+        def host(rows: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            """The chunk's stacked state on the CPU, moved once (a no-op on the CPU)."""
+            if id(rows) not in on_host:
+                on_host[id(rows)] = {k: v.cpu() for k, v in rows.items()}
+            return on_host[id(rows)]
+
         for cl in sorted(clients, key=lambda cl: cl.index):
             rows, j = trained[cl.index]
             try:
@@ -627,10 +637,13 @@ def _run_group(messages: Sequence[Message], contexts: Sequence[Context], idx: li
                     cl.task.model = m
                     cl.scoped(lambda cl=cl: cl.behaviour.finalize(cl.task))
                     state = m.state_dict()
-                else:
-                    state = {k: v[j] for k, v in rows.items()}
+                    arrays = tensor_record(state)
+                else:  # rows of the stacked result, which nothing writes any more: no copy
+                    arrays = ArrayRecord()
+                    for k, v in host(rows).items():
+                        arrays[k] = TensorArray.adopt(v[j])
                 stats = {"train_loss": cl.loss, "num-examples": float(len(cl.task.data)), **cl.task.metrics}
-                content = RecordDict({"arrays": tensor_record(state),
+                content = RecordDict({"arrays": arrays,
                                       "metrics": MetricRecord(reply_metrics(stats, cl.pid))})
                 out[cl.index] = Message(content, reply_to=cl.message)
             except Exception as e:

@@ -30,6 +30,7 @@ import torch
 
 from fedsec.data.triggers import Trigger
 from fedsec.seeding import generator
+from fedsec.validation import invalid
 
 KINDS = ("keyed_patch", "patch", "blend")
 
@@ -106,7 +107,7 @@ def control_panel(secret: Trigger, draw: Draw, k: int, g: torch.Generator,
     than the panel is an error naming ``panel_size``, not an endless loop.
     """
     if k < 1:
-        raise ValueError(f"panel_size: got {k!r}, expected an integer >= 1")
+        raise invalid("panel_size", k, "an integer >= 1")
     limit = 100 * k if max_tries is None else max_tries
     shape = tuple(int(v) for v in in_shape)
     seen = {_fingerprint(secret, shape)}
@@ -119,8 +120,8 @@ def control_panel(secret: Trigger, draw: Draw, k: int, g: torch.Generator,
             out.append(t)
             if len(out) == k:
                 return out
-    raise ValueError(f"panel_size: got {k!r}, expected at most the number of distinct triggers "
-                     f"of this kind and size ({len(out)} found in {limit} draws)")
+    raise invalid("panel_size", k, f"at most the number of distinct triggers of this kind and size "
+                  f"({len(out)} found in {limit} draws)")
 
 
 def commitment(trigger: Trigger, target: int, in_shape: Sequence[int],

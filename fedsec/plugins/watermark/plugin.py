@@ -39,12 +39,13 @@ from fedsec.plugins.watermark.removal import ATTACKS, removal_attack, train_supe
 from fedsec.plugins.watermark.report import format_table
 from fedsec.plugins.watermark.verify import Verifier, eval_logits
 from fedsec.seeding import derive_seed, generator, scoped_seed
+from fedsec.validation import invalid, is_int, is_real
 
 TRIGGERS = KINDS
 
 
 def _bad(name: str, value: Any, expected: str) -> ValueError:
-    return ValueError(f"watermark.{name}: got {value!r}, expected {expected}")
+    return invalid(f"watermark.{name}", value, expected)
 
 
 @register_plugin("watermark")
@@ -119,12 +120,7 @@ class Watermark(Plugin):
     _state: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        def num(v: Any) -> bool:
-            return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-        def integer(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
-
+        num, integer = is_real, is_int
         if self.at not in ("end", "every_round"):
             raise _bad("at", self.at, "'end' or 'every_round'")
         if not integer(self.from_round) or self.from_round < 1:

@@ -19,16 +19,10 @@ from fedsec.data import TensorData
 from fedsec.plugins.watermark.inject import perturbed_parameters
 from fedsec.seeding import generator, scoped_seed
 from fedsec.training import sgd_train
+from fedsec.validation import invalid
+from fedsec.models.layers import last_linear
 
 ATTACKS = ("FT-AL", "FT-LL", "RT-AL", "Pruning-20%", "Pruning-50%")
-
-
-def last_linear(model: nn.Module) -> nn.Linear:
-    """The classifier head: the last ``nn.Linear`` in module order."""
-    lin = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not lin:
-        raise ValueError("model has no nn.Linear layer to treat as the last layer")
-    return lin[-1]
 
 
 def train_supervised(
@@ -67,7 +61,7 @@ def removal_attack(name: str, model: nn.Module, data: TensorData, *, epochs: int
                    batch_size: int, seed: int) -> nn.Module:
     """The attacked copy of ``model`` (``model`` is untouched); ``data``: the attacker's labelled set."""
     if name not in ATTACKS:
-        raise ValueError(f"watermark.attacks: got {name!r}, expected one of {list(ATTACKS)}")
+        raise invalid("watermark.attacks", name, f"one of {list(ATTACKS)}")
     m = copy.deepcopy(model)
     for p in m.parameters():
         p.requires_grad_(True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 COLUMNS = ("| model | acc | ID WSR | OoD WSR | p paired | p Welch (ref.) | paired test "
-           "| s(secret) | controls mean / max | p panel | panel test (decision) |")
+           "| d(secret) | d(controls) mean / max | p panel | panel test (decision) |")
 
 
 def fmt_p(p: float) -> str:
@@ -38,11 +38,12 @@ def header(res: dict[str, Any]) -> list[str]:
         f"perturb={inj.get('perturb')} | verification n={res['n_verify']} (ID), "
         f"{res['n_verify_ood']} (OoD); attacker n={res['n_attacker']}",
         "",
-        f"Decision at alpha = {res['alpha']}: claimed when the secret's mean P(target | trigger) on the "
-        f"{res['panel_on'].upper()} verification inputs ranks above {res['panel_size']} random control "
-        f"triggers of the same kind (p panel = (1 + #controls >= secret) / (K + 1)); false-claim rate "
-        f"under 'the suspect never saw the key' <= alpha ({valid}). The paired column applies the same "
-        f"alpha to the paired t-test. Key commitment: `{res.get('commitment', '')[:16]}`.",
+        f"Decision at alpha = {res['alpha']}: claimed when d(secret) ranks above {res['panel_size']} random "
+        f"control triggers of the same kind, d(t) = mean P(target | t(x)) of the model minus that of the "
+        f"non-watermarked original on the {res['panel_on'].upper()} verification inputs "
+        f"(p panel = (1 + #controls >= secret) / (K + 1)); false-claim rate under 'the suspect never saw "
+        f"the key' <= alpha ({valid}). The paired column applies the same alpha to the paired t-test. "
+        f"Key commitment: `{res.get('commitment', '')[:16]}`.",
     ]
 
 
@@ -59,7 +60,8 @@ def format_table(res: dict[str, Any], title: str = "") -> str:
     nulls = [(k, res[k]) for k in ("original", "control") if k in res and "null" in res[k]]
     if nulls:
         lines += ["", "Measured false-claim rates on models without the owner's watermark:"]
-        lines += [null_line("non-watermarked" if k == "original" else "negative control", m) for k, m in nulls]
+        lines += [null_line("non-watermarked (d = 0 for every trigger: never claimed)" if k == "original"
+                        else "negative control", m) for k, m in nulls]
     return "\n".join(lines) + "\n"
 
 

@@ -81,20 +81,13 @@ from torch import nn
 
 from fedsec.data import TensorData
 from fedsec.data.triggers import Trigger
+from fedsec.metrics import logits
 from fedsec.metrics import predict
 
 Stamp = Callable[[torch.Tensor], torch.Tensor]
 
 
-@torch.no_grad()
-def eval_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """(N, K) float32 logits on CPU, in eval mode; the model's mode is restored."""
-    was = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    out = [model(x[i : i + batch_size].to(dev)).float().cpu() for i in range(0, len(x), batch_size)]
-    model.train(was)
-    return torch.cat(out) if out else torch.empty(0)
+eval_logits = logits  # fedsec.metrics.logits: (N, K) float32 on CPU, eval mode, mode restored
 
 
 def target_probability(model: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:

@@ -341,3 +341,17 @@ def test_real_superlink_and_supernodes_survive_a_killed_node(tmp_path):
         print(f"deployment test: {time.time() - t0:.1f}s")
     left = [p.pid for p in procs if _alive(p.pid)] + [c for p in procs for c in _descendants(p.pid) if _alive(c)]
     assert not left, f"processes still running: {left}"
+
+
+def test_export_command_writes_one_file_per_partition(tmp_path, capsys):
+    from fedsec.federation.deployment import main
+
+    assert main(["export", str(QUICK), str(tmp_path), "--set", "data.num_clients=3"]) == 0
+    printed = capsys.readouterr().out.split()
+    assert printed == [str(tmp_path / f"partition-{i}.safetensors") for i in range(3)]
+    s = load_scenario(QUICK, ["data.num_clients=3"])
+    from fedsec.federation.env import local_data
+
+    for i in range(3):
+        got = node_data(s, {"partition-id": i, "data-path": printed[i]})
+        assert torch.equal(got.x, local_data(s, i).x) and torch.equal(got.y, local_data(s, i).y)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torchvision
 from torch import nn
 
 from fedsec.models import register_model
@@ -61,6 +60,8 @@ def mlp(
 @register_model("resnet18")
 def resnet18_cifar(*, in_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     """torchvision's ResNet-18 with the CIFAR stem (3x3 stride-1 conv, no max-pool)."""
+    import torchvision  # here, not at import: loading a scenario should not pay for it
+
     net = torchvision.models.resnet18(weights=None, num_classes=num_classes)
     net.conv1 = nn.Conv2d(in_shape[0], 64, 3, stride=1, padding=1, bias=False)
     net.maxpool = nn.Identity()

@@ -16,7 +16,6 @@ trigger whose survival the server measures (``"pretrained"``).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,9 +83,8 @@ def craft_backdoor(
     ``model.init``; the crafting arguments (dataset, model, target, the trigger as
     a JSON spec for :meth:`Trigger.from_spec`, seed, ...) are stored in its metadata.
     """
-    from safetensors.torch import save_file
-
     from fedsec.clients.training import local_train
+    from fedsec.results import write_safetensors
 
     check(is_int(epochs) and epochs >= 1, "epochs", epochs, "an integer >= 1")
     check(is_int(batch_size) and batch_size >= 1, "batch_size", batch_size, "an integer >= 1")
@@ -122,7 +120,5 @@ def craft_backdoor(
     meta = {"dataset": dataset, "model": model, "model_params": json.dumps(model_params or {}),
             "target": str(target), "trigger": json.dumps(behaviour.trigger.to_spec()), "seed": str(seed),
             "poison_fraction": str(poison_fraction), "epochs": str(epochs)}
-    tmp = out.with_name(out.name + ".tmp")  # atomic: an interrupted craft leaves no half file
-    save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()}, str(tmp), metadata=meta)
-    os.replace(tmp, out)
+    write_safetensors(out, net.state_dict(), meta)  # atomic: an interrupted craft leaves no half file
     return {"path": str(out), "clean_acc": clean, "asr": asr}

@@ -136,3 +136,30 @@ def test_kill_9_then_resume_many(tmp_path, seed):
 @pytest.mark.slow
 def test_kill_9_then_resume_ray(tmp_path):
     _kill_and_resume(tmp_path, seed=6, engine="ray")
+
+
+def test_a_killed_bench_cell_resumes_mid_run(tmp_path):
+    """`fedsec bench` reruns an interrupted cell from its checkpoint, not from round 1."""
+    from fedsec.bench.runner import run_cell
+    from fedsec.checkpoint import load_state
+
+    s = _scenario(tmp_path / "unused", 4, **{"server.aggregator": '"foolsgold"', "run.checkpoint_every": "1"})
+    text = s.to_toml()
+    ref = run_cell(text, str(tmp_path / "ref"))
+    assert ref["status"] == "done"
+    cell = tmp_path / "cell"
+    code = ("import sys; from fedsec.bench.runner import run_cell; "
+            f"run_cell(open({str(tmp_path / 's.toml')!r}).read(), {str(cell)!r})")
+    (tmp_path / "s.toml").write_text(text)
+    _kill_at_round([sys.executable, "-c", code], cell / "attempt" / "quickstart-*", 2)
+    (attempt,) = (cell / "attempt").glob("quickstart-*")
+    assert (attempt / "checkpoint.safetensors").is_file()
+    first = (attempt / "metrics.jsonl").read_text().splitlines()[0]
+    status = run_cell(text, str(cell))
+    assert status["status"] == "done"
+    a = load_state(tmp_path / "ref" / "run" / "model.safetensors")
+    b = load_state(cell / "run" / "model.safetensors")
+    assert _same_model(a, b)
+    assert _rows(tmp_path / "ref" / "run") == _rows(cell / "run")
+    # resumed, not restarted: round 1's line (with its wall-clock figures) is the original one
+    assert (cell / "run" / "metrics.jsonl").read_text().splitlines()[0] == first

@@ -42,8 +42,9 @@ def run_cell(toml_text: str, directory: str) -> dict[str, Any]:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     s = Scenario.from_dict(tomllib.loads(toml_text))
+    resume = resumable_attempt(d, s)
     for old in d.iterdir():  # a previous, failed or interrupted attempt
-        if old.is_dir():
+        if old.is_dir() and not (resume is not None and old == d / "attempt"):
             shutil.rmtree(old)
         elif old.name == "error.txt":
             old.unlink()
@@ -58,7 +59,9 @@ def run_cell(toml_text: str, directory: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     try:
         torch.set_num_threads(s.run.threads)
-        result = run_federation(s, output=d / "attempt")
+        # An interrupted cell continues from its last checkpoint (bitwise the same result).
+        result = (run_federation(s, output=d / "attempt") if resume is None
+                  else run_federation(None, resume=resume))
         os.replace(result.run_dir, d / "run")
         shutil.rmtree(d / "attempt", ignore_errors=True)
         status["status"] = "done"
@@ -72,6 +75,16 @@ def run_cell(toml_text: str, directory: str) -> dict[str, Any]:
     write_status(d, status)
     return status
 
+
+
+def resumable_attempt(d: Path, s: Scenario) -> Path | None:
+    """The interrupted run of this very cell under ``d/attempt`` that has a checkpoint, if any."""
+    from fedsec.federation.checkpointing import CHECKPOINT
+
+    runs = [r for r in (d / "attempt").glob("*") if (r / CHECKPOINT).is_file()] if (d / "attempt").is_dir() else []
+    if len(runs) != 1 or not (runs[0] / "scenario.toml").is_file():
+        return None
+    return runs[0] if (runs[0] / "scenario.toml").read_text() == s.to_toml() else None
 
 
 @dataclass

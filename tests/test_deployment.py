@@ -271,7 +271,7 @@ def _rows(out: Path) -> list[dict]:
     return [json.loads(x) for x in files[0].read_text().splitlines() if x.strip()]
 
 
-# About 3-5 minutes on 2 loaded cores: Flower starts a fresh ClientApp process (torch import, data)
+# 134-205 s on 2 loaded cores: Flower starts a fresh ClientApp process (torch import, data)
 # for every message, and a SIGKILLed node is declared unavailable only after its heartbeat lapses (~60 s).
 @pytest.mark.slow
 @pytest.mark.skipif(not (VENV_BIN / "flower-superlink").exists(), reason="no Flower binaries next to the interpreter")

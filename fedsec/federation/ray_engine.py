@@ -141,7 +141,7 @@ class ActorPool:
 
     def run(self, messages: list[Message], contexts: list[Context], on_reply=None) -> list[Message]:
         from fedsec.federation.arrays import in_memory_content
-        from fedsec.federation.vectorized import plan_chunks
+        from fedsec.federation.vectorized import plan_chunks, spread
 
         ray = _ray()
         # One object-store copy of each distinct payload (FedAvg sends the same RecordDict to
@@ -150,33 +150,34 @@ class ActorPool:
         for m in messages:
             if id(m.content) not in refs:
                 refs[id(m.content)] = ray.put(in_memory_content(m.content))
-        # Work items: with run.vectorize, one chunk of vectorizable clients per actor
-        # (trained together there), then every other message on its own.
+        # Work items, each one actor call: with run.vectorize one chunk of vectorizable
+        # clients per actor (trained together there); the other messages in DEPTH chunks
+        # per actor, run one by one inside, since a Ray call costs a few milliseconds of
+        # round trip on a busy host, as much as a small client's training. A chunk holds
+        # messages of one payload.
         chunks, rest = plan_chunks(messages, contexts, len(self.actors))
-        items: list[list[int]] = chunks + [[i] for i in rest]
-        batched = set(range(len(chunks)))
+        items: list[list[int]] = list(chunks)
+        for group in _by_payload(messages, rest):
+            items += spread(messages, contexts, group, self.DEPTH * len(self.actors))
         replies: list[Message | None] = [None] * len(messages)
         pending = list(range(len(items)))
         running: dict[Any, tuple[int, int]] = {}  # ref -> (item index, actor slot)
         # Up to DEPTH calls queued per actor, so an actor never idles through the
-        # driver's reply/dispatch round trip (a few ms each on a busy 2-core host).
-        # An actor runs its calls in submission order, so the head of its queue is
-        # the call that was running when it died: only its messages get error replies,
-        # the calls queued behind it are re-sent (which client fails never depends
-        # on scheduling).
+        # driver's reply/dispatch round trip. An actor runs its calls in submission
+        # order, so the head of its queue is the call that was running when it died:
+        # the calls queued behind it are re-sent; if the head held one message, that
+        # message gets the error reply, if it held several, each is re-sent on its
+        # own, so that only the one that kills an actor fails (which client fails
+        # never depends on scheduling or chunking; each client's result is seeded).
         queues: list[list[Any]] = [[] for _ in self.actors]
 
         def fill(slot: int) -> None:
             while pending and len(queues[slot]) < self.DEPTH:
                 k = pending.pop(0)
                 idx = items[k]
-                actor = self.actors[slot]
-                payload = refs[id(messages[idx[0]].content)]
-                if k in batched:
-                    ref = actor.call_many.remote([_without_content(messages[i]) for i in idx], payload,
-                                                 [contexts[i] for i in idx])
-                else:
-                    ref = actor.call.remote(_without_content(messages[idx[0]]), payload, contexts[idx[0]])
+                ref = self.actors[slot].call_many.remote(
+                    [_without_content(messages[i]) for i in idx], refs[id(messages[idx[0]].content)],
+                    [contexts[i] for i in idx])
                 running[ref] = (k, slot)
                 queues[slot].append(ref)
 
@@ -194,25 +195,37 @@ class ActorPool:
                     continue
                 k, slot = running[ref]
                 try:
-                    result = ray.get(ref)
+                    got, ctxs = ray.get(ref)
                 except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as e:
                     k = running[queues[slot][0]][0]
-                    pending[:0] = [running[r][0] for r in queues[slot][1:]]
+                    requeue = [running[r][0] for r in queues[slot][1:]]
                     for r in queues[slot]:
                         running.pop(r)
                     queues[slot].clear()
                     self.replace(slot)
-                    for i in items[k]:
+                    if len(items[k]) == 1:
+                        i = items[k][0]
                         settle(i, error_reply(messages[i], RuntimeError(f"client actor died: {e}")))
+                    else:
+                        singles = list(range(len(items), len(items) + len(items[k])))
+                        items += [[i] for i in items[k]]
+                        requeue = singles + requeue
+                    pending[:0] = requeue
                 else:
                     running.pop(ref)
                     queues[slot].remove(ref)
-                    got, ctxs = result if k in batched else ([result[0]], [result[1]])
                     for i, reply, ctx in zip(items[k], got, ctxs):
                         contexts[i].state = ctx.state
                         settle(i, reply)
                 fill(slot)
         return replies  # type: ignore[return-value]
+
+
+def _by_payload(messages: list[Message], idx: list[int]) -> list[list[int]]:
+    groups: dict[int, list[int]] = {}
+    for i in idx:
+        groups.setdefault(id(messages[i].content), []).append(i)
+    return list(groups.values())
 
 
 def _without_content(m: Message) -> Message:

@@ -656,23 +656,35 @@ def _run_group(messages: Sequence[Message], contexts: Sequence[Context], idx: li
 
 def plan_chunks(messages: Sequence[Message], contexts: Sequence[Context], workers: int) -> tuple[list[list[int]], list[int]]:
     """Split a round's messages for ``workers`` actors: (chunks of vectorizable message
-    indices, one per actor at most, balanced by partition size; the other indices)."""
-    from fedsec.federation.env import partitions_of
-
+    indices sharing one payload, one per actor at most, balanced by partition size;
+    the other indices)."""
     vec = [i for i, (m, c) in enumerate(zip(messages, contexts)) if vectorizable(m, c)]
     vec = [i for i in vec if messages[i].content is messages[vec[0]].content]  # a chunk shares one payload
     chosen = set(vec)
     rest = [i for i in range(len(messages)) if i not in chosen]
-    if not vec:
-        return [], rest
-    s = scenario_from_toml(str(messages[vec[0]].content["config"]["scenario"]))
-    sizes = {i: len(partitions_of(s)[int(contexts[i].node_config["partition-id"])]) for i in vec}
-    n = max(1, min(workers, len(vec)))
-    # Largest first, each to the lightest chunk so far: chunks of similar total work.
+    return (spread(messages, contexts, vec, workers) if vec else []), rest
+
+
+def spread(messages: Sequence[Message], contexts: Sequence[Context], idx: Sequence[int], n: int) -> list[list[int]]:
+    """``idx`` in at most ``n`` chunks of similar work: largest partition first, each to the
+    lightest chunk so far (a message that is not a train message weighs 1)."""
+    from fedsec.federation.env import partitions_of
+
+    def weight(i: int) -> int:
+        m = messages[i]
+        if not _is_train(m) or m.has_error():
+            return 1
+        try:
+            s = scenario_from_toml(str(m.content["config"]["scenario"]))
+            return max(1, len(partitions_of(s)[int(contexts[i].node_config["partition-id"])]))
+        except Exception:  # unknown sizes: count messages
+            return 1
+
+    n = max(1, min(n, len(idx)))
     chunks: list[list[int]] = [[] for _ in range(n)]
     load = [0] * n
-    for i in sorted(vec, key=lambda i: (-sizes[i], i)):
+    for w, i in sorted(((weight(i), i) for i in idx), key=lambda t: (-t[0], t[1])):
         j = load.index(min(load))
         chunks[j].append(i)
-        load[j] += sizes[i]
-    return [sorted(ch) for ch in chunks if ch], rest
+        load[j] += w
+    return [sorted(ch) for ch in chunks if ch]

@@ -266,6 +266,9 @@ class RunConfig:
     imports: list[str] = field(default_factory=list)
     """Modules that register the user's own components (rules, behaviours, plugins, ...);
     imported by every process that reads the scenario, before it is validated."""
+    reference_run: str = ""
+    """A run directory of the same federation without the attack (the no-attack reference):
+    summary.json then reports its figures and the clean-accuracy drop against it."""
     checkpoint_every: int = 0
     """Write ``checkpoint.safetensors`` (global model, round, rule and plugin state) every k
     rounds; 0 = automatic: after a round whenever the time since the last checkpoint is at
@@ -289,6 +292,9 @@ class RunConfig:
         _check(self.num_cpus > 0, f"{path}.num_cpus", self.num_cpus, "a number > 0")
         _check(self.num_gpus >= 0, f"{path}.num_gpus", self.num_gpus, "a number >= 0")
         _check(self.threads >= 1, f"{path}.threads", self.threads, "an integer >= 1")
+        if self.reference_run:
+            _check((Path(self.reference_run) / "summary.json").is_file(), f"{path}.reference_run",
+                   self.reference_run, "a run directory holding summary.json")
         _check(self.checkpoint_every >= 0, f"{path}.checkpoint_every", self.checkpoint_every,
                "an integer >= 0 (0 = automatic)")
         if _check(isinstance(self.vectorize, bool), f"{path}.vectorize", self.vectorize, "true or false"):

@@ -84,3 +84,17 @@ def test_adaptive_attack_receives_the_servers_rule(tmp_path):
         type(b).craft = orig
     assert seen and seen[0] is fed.rule
     assert type(build_rule(s)).__name__ == type(fed.rule).__name__
+
+
+def test_summary_reports_the_no_attack_reference(tmp_path):
+    clean = run(small(tmp_path / "clean"))
+    attacked = run(small(tmp_path / "attacked", f'run.reference_run="{clean.run_dir}"',
+                         'attack=[{behaviour="sign_flip", partitions=[0, 1, 2]}]'))
+    ref = attacked.summary["reference"]
+    assert ref["final_clean_acc"] == clean.summary["final_clean_acc"]
+    assert attacked.summary["clean_acc_drop"] == pytest.approx(
+        clean.summary["final_clean_acc"] - attacked.summary["final_clean_acc"])
+    from fedsec.scenario import ScenarioError
+
+    with pytest.raises(ScenarioError, match="run.reference_run"):
+        small(tmp_path, f'run.reference_run="{tmp_path / "nope"}"')

@@ -74,7 +74,22 @@ class Recorder:
             "final_test_loss": rows[-1].get("test_loss") if rows else None,
             "seconds": sum(r["seconds"] for r in rows),
             "plugins": {},
+            **self._reference(accs[-1] if rows else None),
         }
+
+    def _reference(self, final_acc: float | None) -> dict[str, Any]:
+        """The no-attack reference run's figures (``run.reference_run``) and the drop against it."""
+        ref_dir = self.scenario.run.reference_run
+        if not ref_dir:
+            return {}
+        import json
+
+        ref = json.loads((Path(ref_dir) / "summary.json").read_text())
+        out = {"reference": {"run": str(ref_dir), "final_clean_acc": ref.get("final_clean_acc"),
+                             "final_asr": ref.get("final_asr"), "name": ref.get("name")}}
+        if final_acc is not None and ref.get("final_clean_acc") is not None:
+            out["clean_acc_drop"] = ref["final_clean_acc"] - final_acc
+        return out
 
     def finish(self, state: dict[str, torch.Tensor], figures: dict[str, Any],
                triggers: dict[str, EvalTrigger]) -> dict[str, Any]:

@@ -69,7 +69,7 @@ def train_partition(scenario, pid: int, rnd: int, num_sampled: int, arrays: Arra
     """
     global_state = arrays.to_torch_state_dict()
     # The process's one model object, loaded in place: bitwise a fresh new_model(scenario).
-    model = reusable_model(scenario, global_state).to(device_of(scenario))
+    model = reusable_model(scenario, global_state, device_of(scenario))
     behaviour, task = client_task(scenario, pid, rnd, num_sampled, global_state, model, data=data)
     # Thread count and the global RNG are pinned per call so the result is the same
     # whichever engine or process runs it (dropout in user models draws from the global RNG).

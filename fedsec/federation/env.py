@@ -92,43 +92,60 @@ class _Reusable:
 
     Building the digits CNN costs about 2 ms (module construction and seeded
     init), as much as the local training of a small client; every call overwrites
-    all of its state anyway. What ``load_state_dict`` does not cover is put back
-    as the fresh model had it: training flags, ``requires_grad``, no gradients.
+    all of its state anyway. What loading the state does not cover is put back as
+    the fresh model had it: training flags, ``requires_grad``, no gradients. A
+    model whose structure a previous user changed (a submodule, parameter or
+    buffer replaced, a dtype or shape changed, a hook left behind) is rebuilt.
     """
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
-        self.training = [(m, m.training) for m in model.modules()]
-        self.grads = [(p, p.requires_grad) for p in model.parameters()]
-        self.signature = self._signature()
+        self.device: torch.device | None = None
+        self.modules = list(model.modules())
+        self.structure = self._structure()
+        self.training = [m.training for m in self.modules]
+        self.params = list(model.parameters())
+        self.requires = [p.requires_grad for p in self.params]
+        self.slots = list(model.state_dict(keep_vars=True).items())
+        self.names = [k for k, _ in self.slots]
+        self.meta = [(t.dtype, t.shape) for _, t in self.slots]
+        # Loading is param.copy_(value) under no_grad unless a module customises it.
+        self.plain_load = type(model).load_state_dict is nn.Module.load_state_dict and all(
+            type(m)._load_from_state_dict in _PLAIN_LOADERS and not m._load_state_dict_pre_hooks
+            and not m._load_state_dict_post_hooks for m in self.modules)
 
-    def _signature(self) -> tuple:
-        # Not the device: callers move the model to theirs, and loading copies across devices.
-        # Hooks a previous user left behind would change the forward pass: count them.
-        arrays = [(k, v.dtype, tuple(v.shape)) for k, v in self.model.state_dict(keep_vars=True).items()]
-        hooks = [(len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks),
-                  len(m._backward_pre_hooks)) for m in self.model.modules()]
-        return arrays, hooks
+    def _structure(self) -> list[tuple]:
+        return [(tuple(m._modules.items()), tuple((k, id(v)) for k, v in m._parameters.items()),
+                 tuple((k, id(v)) for k, v in m._buffers.items()),
+                 len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks),
+                 len(m._backward_pre_hooks)) for m in self.modules]
 
     def reset(self, state: dict[str, torch.Tensor]) -> bool:
-        """Load ``state`` and restore the fresh flags; False if a previous user changed
-        the model's structure or dtypes (then it is rebuilt)."""
-        if self._signature() != self.signature:
+        """Load ``state`` and restore the fresh flags; False if the model must be rebuilt."""
+        if self._structure() != self.structure or [(t.dtype, t.shape) for _, t in self.slots] != self.meta:
             return False
-        for m, flag in self.training:
+        for m, flag in zip(self.modules, self.training):
             m.training = flag
-        for p, flag in self.grads:
+        for p, flag in zip(self.params, self.requires):
             p.grad = None
             p.requires_grad_(flag)
-        self.model.load_state_dict(state)
+        if self.plain_load and list(state) == self.names and all(
+                state[k].shape == t.shape for k, t in self.slots):
+            with torch.no_grad():
+                for k, t in self.slots:
+                    t.copy_(state[k])
+        else:
+            self.model.load_state_dict(state)
         return True
 
 
+_PLAIN_LOADERS = (nn.Module._load_from_state_dict, nn.modules.batchnorm._NormBase._load_from_state_dict)
 _MODELS: dict[tuple, _Reusable] = {}
 
 
-def reusable_model(s: Scenario, state: dict[str, torch.Tensor]) -> nn.Module:
-    """``new_model(s)`` loaded with ``state``, bitwise the same, but built once per process.
+def reusable_model(s: Scenario, state: dict[str, torch.Tensor], device: torch.device | None = None) -> nn.Module:
+    """``new_model(s)`` loaded with ``state`` (and moved to ``device``), bitwise the same,
+    but built once per process.
 
     The object is shared: it is valid until the next call (callers copy what they keep).
     """
@@ -140,6 +157,9 @@ def reusable_model(s: Scenario, state: dict[str, torch.Tensor]) -> nn.Module:
             _MODELS.pop(next(iter(_MODELS)))
         entry = _MODELS[key] = _Reusable(new_model(s))
         entry.model.load_state_dict(state)
+    if device is not None and entry.device != device:
+        entry.model.to(device)
+        entry.device = device
     return entry.model
 
 
@@ -162,11 +182,16 @@ def initial_state(s: Scenario) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+_DEVICES: dict[str, torch.device] = {}
+
+
 def device_of(s: Scenario) -> torch.device:
     """``run.device`` as a torch device; a device this process cannot use is a ScenarioError, never a CPU fallback."""
     import os
 
     want = s.run.device
+    if want in _DEVICES:  # checked once per process (every client call asks)
+        return _DEVICES[want]
     try:
         dev = torch.device(want)
     except RuntimeError:
@@ -182,4 +207,5 @@ def device_of(s: Scenario) -> torch.device:
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ScenarioError(f"run.device: got {want!r}, but this process sees "
                                 f"{torch.cuda.device_count()} CUDA device(s) (cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    _DEVICES[want] = dev
     return dev

@@ -577,7 +577,7 @@ def _run_group(messages: Sequence[Message], contexts: Sequence[Context], idx: li
         if info.unsupported:
             _say_once(f"run.vectorize: model {s.model.name!r} trains per client: {info.unsupported}")
             return out
-        model = reusable_model(s, global_state).to(device)
+        model = reusable_model(s, global_state, device)
         clients: list[_Client] = []
         for i in idx:
             pid = int(contexts[i].node_config["partition-id"])
@@ -588,7 +588,7 @@ def _run_group(messages: Sequence[Message], contexts: Sequence[Context], idx: li
                              seed=derive_seed(s.run.seed, "client-rng", rnd, pid),
                              stages=type(behaviour).overridden_stages())
                 if "prepare" in cl.stages:
-                    reusable_model(s, global_state).to(device)  # what a fresh client would see
+                    reusable_model(s, global_state, device)  # what a fresh client would see
                     cl.scoped(lambda: behaviour.prepare(task))
             except Exception as e:
                 out[i] = _error_reply(messages[i], e)
@@ -633,7 +633,7 @@ def _run_group(messages: Sequence[Message], contexts: Sequence[Context], idx: li
             rows, j = trained[cl.index]
             try:
                 if "finalize" in cl.stages:
-                    m = reusable_model(s, {k: v[j] for k, v in rows.items()}).to(device)
+                    m = reusable_model(s, {k: v[j] for k, v in rows.items()}, device)
                     cl.task.model = m
                     cl.scoped(lambda cl=cl: cl.behaviour.finalize(cl.task))
                     state = m.state_dict()

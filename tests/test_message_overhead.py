@@ -131,3 +131,15 @@ def test_quickstart_digest_unchanged(engine, tmp_path):
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().numpy().tobytes())
     assert h.hexdigest()[:16] == ref
+
+
+def test_the_reused_model_follows_moves_and_replaced_buffers():
+    s = load_scenario("experiments/quickstart.toml", ['model.name="wrn"', "model.params={depth = 10, k = 1}"])
+    state = new_model(s).state_dict()
+    m = reusable_model(s, state, torch.device("cpu"))
+    m.bn.running_mean = torch.zeros_like(m.bn.running_mean)  # a buffer replaced: rebuilt
+    again = reusable_model(s, state, torch.device("cpu"))
+    assert again is not m and torch.equal(again.bn.running_mean, state["bn.running_mean"])
+    again.double()  # dtypes changed: rebuilt
+    third = reusable_model(s, state)
+    assert third is not again and next(third.parameters()).dtype == torch.float32

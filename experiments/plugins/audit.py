@@ -13,8 +13,9 @@ Sections (each prints a markdown table; results and commentary: audit.md):
     (anomaly index > 2) with the right target; clean models are not (false positives).
 ``prune``
     Fine-pruning (Liu et al. RAID 2018) of the same global models with the server's
-    clean half of the test split: ASR and accuracy before, after pruning, after
-    fine-tuning.
+    clean half of the test split: ASR and accuracy before, after pruning only, after
+    fine-pruning with fine-tuning at lr 0.01 and 0.05, and the paper's control,
+    fine-tuning alone.
 ``data``
     A client audits its own data: a 720-sample IID share of the train split, 2% of it
     BadNets-poisoned (about 1 poison per 6 samples of the target class), a local model
@@ -214,9 +215,9 @@ def local_model(data: TensorData, ds, seed: int, epochs: int):
 
 
 DATA_DETECTORS = {
-    "AC ica / relative size": ("activation_clustering", {}),
+    "AC ica / relative size": ("activation_clustering", {"reduce": "ica"}),
     "AC pca / relative size": ("activation_clustering", {"reduce": "pca"}),
-    "AC ica / silhouette": ("activation_clustering", {"analysis": "silhouette"}),
+    "AC ica / silhouette": ("activation_clustering", {"reduce": "ica", "analysis": "silhouette"}),
     "SS eps=0.2": ("spectral_signatures", {"eps": 0.2}),
     "frequency": ("frequency", {"target_fpr": 0.05}),
 }

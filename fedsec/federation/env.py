@@ -100,7 +100,6 @@ class _Reusable:
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
-        self.device: torch.device | None = None
         self.modules = list(model.modules())
         self.structure = self._structure()
         self.training = [m.training for m in self.modules]
@@ -157,9 +156,9 @@ def reusable_model(s: Scenario, state: dict[str, torch.Tensor], device: torch.de
             _MODELS.pop(next(iter(_MODELS)))
         entry = _MODELS[key] = _Reusable(new_model(s))
         entry.model.load_state_dict(state)
-    if device is not None and entry.device != device:
+    if device is not None and any(t.device.type != device.type or device.index not in (None, t.device.index)
+                                  for _, t in entry.slots):  # "cuda" names whichever GPU is current
         entry.model.to(device)
-        entry.device = device
     return entry.model
 
 

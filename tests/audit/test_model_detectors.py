@@ -117,7 +117,7 @@ def test_fine_pruning_respects_the_accuracy_bound_and_keeps_channels_dead(backdo
     assert all(base - a <= 0.05 + 1e-9 for a in f["clean_acc_curve"])
     assert 0 < len(f["pruned"]) < f["channels"] and res.score == len(f["pruned"]) / f["channels"]
     name, conv = last_conv(net)
-    assert float(conv.weight[f["pruned"]].abs().sum()) == 0 and float(conv.bias[f["pruned"]].abs().sum()) == 0
+    assert float(conv.weight.detach()[f["pruned"]].abs().sum()) == 0 and float(conv.bias.detach()[f["pruned"]].abs().sum()) == 0
     assert not res.flagged and res.target is None
     assert f["before"]["asr"]["badnets"] > 0.9
     assert f["after_fine_tuning"]["asr"]["badnets"] < f["before"]["asr"]["badnets"]  # the published direction

@@ -98,3 +98,14 @@ def test_every_detector_returns_a_json_verdict(name):
     assert set(d) == {"detector", "flagged", "score", "target", "figures"}
     assert isinstance(d["flagged"], bool) and (d["score"] is None or math.isfinite(d["score"]))
     assert d["target"] is None or 0 <= d["target"] < 4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", sorted(BUILT_IN))
+def test_every_detector_runs_on_cuda(name):
+    g = torch.Generator().manual_seed(0)
+    data = TensorData(torch.rand(120, 1, 8, 8, generator=g), torch.arange(120) % 4)
+    dev = torch.device("cuda")
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 4)).to(dev)
+    t = AuditTarget(model=model, clean=data, data=data, num_classes=4, in_shape=(1, 8, 8), generator=g, device=dev)
+    json.loads(get_detector(name, **TINY[name]).audit(t).to_json())

@@ -57,7 +57,6 @@ import torch
 
 import fedsec
 from fedsec.audit import AuditTarget, get_detector
-from fedsec.audit.bitflip_deploy import DeployAttack
 from fedsec.audit.fine_pruning import FinePruning
 from fedsec.audit.frequency import FrequencyDetector
 from fedsec.audit.neural_cleanse import NeuralCleanse

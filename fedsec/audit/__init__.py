@@ -16,7 +16,10 @@ name                          kind   method
 Use them from Python (``get_detector(name, **params).audit(AuditTarget(...))``),
 from the command line (``fedsec audit MODEL --detector NAME``, :mod:`fedsec.audit.runner`)
 or, for the model detectors, as server plugins (:mod:`fedsec.audit.plugins`,
-with ``bitflip_deploy``, the post-deployment bit-flip attack).
+with ``bitflip_deploy``, the post-deployment bit-flip attack); the data detectors
+also as the ``sanitizing`` client behaviour (:mod:`fedsec.audit.sanitizing`,
+registered when imported: ``run.imports = ["fedsec.audit.sanitizing"]``).
+Measured effects: ``experiments/plugins/audit.md``.
 """
 
 from fedsec.audit.base import (

@@ -178,18 +178,9 @@ REPAIRED_FILES = {
 
 def load_saved_model(path: Path) -> nn.Module:
     """A model file written by a fedsec run or plugin, rebuilt from its embedded scenario."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    from fedsec.checkpoint import load_model
 
-    from fedsec.federation.env import new_model, scenario_from_toml
-
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-    if "scenario" not in meta:
-        raise ValueError(f"{path}: no embedded scenario to rebuild the model from")
-    net = new_model(scenario_from_toml(meta["scenario"]))
-    net.load_state_dict(load_file(str(path)))
-    return net
+    return load_model(path, what="saved model")[1]
 
 
 @register_plugin("bitflip_deploy")

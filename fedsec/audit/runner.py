@@ -52,27 +52,19 @@ def scenario_of(path: Path):
 
 def embedded_scenario(model_path: Path):
     """The scenario embedded in a model file's metadata, or None."""
-    from safetensors import safe_open
-
+    from fedsec.checkpoint import read_metadata
     from fedsec.federation.env import scenario_from_toml
 
-    with safe_open(str(model_path), "pt") as f:
-        meta = f.metadata() or {}
+    meta = read_metadata(model_path, what="MODEL")
     return scenario_from_toml(meta["scenario"]) if "scenario" in meta else None
 
 
 def load_model(model_path: Path, scenario) -> torch.nn.Module:
-    from safetensors.torch import load_file
-
+    from fedsec.checkpoint import load_state
     from fedsec.federation.env import new_model
 
     net = new_model(scenario)
-    state = load_file(str(model_path))
-    ref = net.state_dict()
-    if set(state) != set(ref) or any(state[k].shape != ref[k].shape for k in ref):
-        raise ValueError(f"{model_path}: its tensors do not match model {scenario.model.name!r} "
-                         f"{scenario.model.params or ''} of the scenario")
-    net.load_state_dict(state)
+    net.load_state_dict(load_state(model_path, expected=net.state_dict(), what="MODEL"))
     return net
 
 

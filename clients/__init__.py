@@ -22,9 +22,6 @@ from fedsec.clients import faults as _faults  # noqa: E402,F401
 # Built-in attacks register themselves on import; keep this list in sync with clients/*.py.
 from fedsec.clients import attacks as _attacks  # noqa: E402,F401
 
-# The sanitizing client runs a data detector (sklearn): imported on first use, not here.
-BEHAVIOURS.register_lazy("sanitizing", "fedsec.audit.sanitizing:Sanitizing")
-
 __all__ = [
     "BEHAVIOURS",
     "Behaviour",

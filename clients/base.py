@@ -53,6 +53,8 @@ from fedsec.metrics import EvalTrigger
 from fedsec.registry import Registry
 
 BEHAVIOURS: Registry = Registry("client behaviour")
+# The sanitizing client runs a data detector (sklearn): imported on first use, not at import.
+BEHAVIOURS.register_lazy("sanitizing", "fedsec.audit.sanitizing:Sanitizing")
 
 STAGES = ("prepare", "poison_batch", "loss", "on_gradients", "finalize")
 DATA_STAGES = frozenset({"prepare", "poison_batch"})

@@ -205,3 +205,23 @@ def test_every_client_failing_cli_exit_code(tmp_path):
     assert proc.returncode != 0
     assert "all 4 clients failed in round 1" in out and "injected fault" in out
     assert "load_state_dict" not in out and "Missing key" not in out
+
+
+def test_entry_point_components_load_in_every_process(tmp_path):
+    """An installed package's `fedsec.components` entry point registers its components."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "ep_ext.py").write_text(USER_MODULE.replace('"my_mean"', '"ep_mean"').replace('"my_lazy"', '"ep_lazy"')
+                                    .replace('"my_counter"', '"ep_counter"'))
+    dist = site / "ep_ext-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ep-ext\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[fedsec.components]\nep = ep_ext\n")
+    env = {**_env(), "PYTHONPATH": str(site)}
+    code = ("from fedsec.scenario import Scenario; "
+            "s = Scenario.from_dict({'server': {'aggregator': 'ep_mean'}, "
+            "'attack': [{'behaviour': 'ep_lazy', 'partitions': [0]}], 'plugins': [{'name': 'ep_counter'}]}); "
+            "print(s.server.aggregator)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ep_mean", proc.stderr[-3000:]

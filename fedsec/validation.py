@@ -34,3 +34,34 @@ def is_int(x: Any) -> bool:
 
 def is_real(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+class KeywordOnly:
+    """Base of the frozen keyword-only component dataclasses (rules, pre-aggregators).
+
+    Refuses positional arguments and unknown keywords (naming them and the valid
+    ones) before the dataclass's own ``__init__`` would raise a less helpful
+    ``TypeError``, and runs :meth:`validate` after construction.
+    """
+
+    name: str = ""
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        if args:
+            raise TypeError(f"{cls.__name__} takes keyword arguments only, got {len(args)} positional")
+        from dataclasses import fields
+
+        valid = [f.name for f in fields(cls) if f.init]
+        unknown = sorted(set(kwargs) - set(valid))
+        if unknown:
+            raise TypeError(
+                f"{cls.__name__} ({cls.name!r}) got unknown hyperparameter(s) "
+                f"{', '.join(map(repr, unknown))}; valid ones: {', '.join(valid) or '(none)'}"
+            )
+        return super().__new__(cls)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check the hyperparameters; raise ValueError naming the bad one."""

@@ -26,13 +26,13 @@ pre-aggregators) may pass it to any rule; their ``aggregate`` never sees it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
 from fedsec.registry import Registry
-from fedsec.validation import check
+from fedsec.validation import KeywordOnly, check
 
 AGGREGATORS: Registry = Registry("aggregation rule")
 register_aggregator = AGGREGATORS.register
@@ -79,7 +79,7 @@ def require_clients(owner: str, n: int, need: int, why: str) -> None:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Aggregator:
+class Aggregator(KeywordOnly):
     """Base class of the aggregation rules (see the module docstring).
 
     Subclasses are ``@dataclass(frozen=True, kw_only=True)``, override
@@ -89,24 +89,6 @@ class Aggregator:
     name: ClassVar[str] = ""
     #: True for rules whose ``aggregate`` takes ``reference`` (the server's own update).
     needs_reference: ClassVar[bool] = False
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> Aggregator:
-        if args:
-            raise TypeError(f"{cls.__name__} takes keyword arguments only, got {len(args)} positional")
-        valid = [f.name for f in fields(cls) if f.init]
-        unknown = sorted(set(kwargs) - set(valid))
-        if unknown:
-            raise TypeError(
-                f"{cls.__name__} ({cls.name!r}) got unknown hyperparameter(s) "
-                f"{', '.join(map(repr, unknown))}; valid ones: {', '.join(valid) or '(none)'}"
-            )
-        return super().__new__(cls)
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Check the hyperparameters; raise ValueError naming the bad one."""
 
     # -- the common work -------------------------------------------------------------
     def __call__(

@@ -15,12 +15,13 @@ stay on U's device.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
 from fedsec.registry import Registry
+from fedsec.validation import KeywordOnly
 from fedsec.strategies.base import _check_updates, _check_weights, finite_rows
 
 PRE_AGGREGATORS: Registry = Registry("pre-aggregator")
@@ -48,30 +49,12 @@ class PreAggregation:
 
 
 @dataclass(frozen=True, kw_only=True)
-class PreAggregator:
+class PreAggregator(KeywordOnly):
     """Base class of the pre-aggregators: frozen keyword-only dataclasses that
     validate their hyperparameters (``validate``) and implement ``mix`` on the
     finite rows."""
 
     name: ClassVar[str] = ""
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> PreAggregator:
-        if args:
-            raise TypeError(f"{cls.__name__} takes keyword arguments only, got {len(args)} positional")
-        valid = [f.name for f in fields(cls) if f.init]
-        unknown = sorted(set(kwargs) - set(valid))
-        if unknown:
-            raise TypeError(
-                f"{cls.__name__} ({cls.name!r}) got unknown hyperparameter(s) "
-                f"{', '.join(map(repr, unknown))}; valid ones: {', '.join(valid) or '(none)'}"
-            )
-        return super().__new__(cls)
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Check the hyperparameters; raise ValueError naming the bad one."""
 
     def __call__(
         self,

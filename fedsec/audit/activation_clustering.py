@@ -49,7 +49,7 @@ from fedsec.audit.base import (
     removal_figures,
     seed_from,
 )
-from fedsec.audit.features import penultimate
+from fedsec.audit.features import class_groups, penultimate
 
 
 def reduce_dims(x: np.ndarray, dims: int, method: str, seed: int) -> np.ndarray:
@@ -144,15 +144,10 @@ class ActivationClustering(Detector):
     def audit(self, target: AuditTarget) -> AuditResult:
         data = self._require_data(target)
         feats = penultimate(target.model, data.x)
-        y = data.y.cpu()
-        removed = torch.zeros(len(y), dtype=torch.bool)
+        removed = torch.zeros(len(data.y), dtype=torch.bool)
         per_class: dict[int, dict[str, Any]] = {}
-        skipped: list[int] = []
-        for c in sorted(set(y.tolist())):
-            idx = (y == c).nonzero().flatten()
-            if len(idx) < self.min_samples:
-                skipped.append(c)
-                continue
+        groups, skipped = class_groups(data.y, self.min_samples)
+        for c, idx in groups:
             res = split_class(feats[idx], self.nb_dims, self.reduce, seed_from(target.generator))
             bad = self.poisonous(res["relative_size"], res["silhouette"])
             if bad:

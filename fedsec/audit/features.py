@@ -64,3 +64,18 @@ def acc_and_asr(model: nn.Module, data: TensorData, triggers: dict[str, EvalTrig
     """``{"acc": clean accuracy, "asr": {trigger: rate}}`` of ``model`` on ``data``."""
     return {"acc": accuracy(model, data),
             "asr": {k: attack_success_rate(model, data, t) for k, t in triggers.items()}}
+
+
+def class_groups(y: torch.Tensor, min_samples: int) -> tuple[list[tuple[int, torch.Tensor]], list[int]]:
+    """``([(class, row indices)], skipped classes)``: the per-class analysis of the data
+    detectors (activation clustering, spectral signatures) runs on classes with at least
+    ``min_samples`` rows."""
+    y = y.cpu()
+    groups, skipped = [], []
+    for c in sorted(set(y.tolist())):
+        idx = (y == c).nonzero().flatten()
+        if len(idx) >= min_samples:
+            groups.append((c, idx))
+        else:
+            skipped.append(c)
+    return groups, skipped

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from fedsec.audit.base import AuditResult, AuditTarget, Detector, is_int, is_num, register_detector, removal_figures
-from fedsec.audit.features import penultimate
+from fedsec.audit.features import class_groups, penultimate
 from fedsec.audit.stats import anomaly_index, top_direction_scores
 
 
@@ -75,15 +75,10 @@ class SpectralSignatures(Detector):
     def audit(self, target: AuditTarget) -> AuditResult:
         data = self._require_data(target)
         feats = penultimate(target.model, data.x)
-        y = data.y.cpu()
-        removed = torch.zeros(len(y), dtype=torch.bool)
+        removed = torch.zeros(len(data.y), dtype=torch.bool)
         per_class: dict[int, dict[str, Any]] = {}
-        skipped: list[int] = []
-        for c in sorted(set(y.tolist())):
-            idx = (y == c).nonzero().flatten()
-            if len(idx) < self.min_samples:
-                skipped.append(c)
-                continue
+        groups, skipped = class_groups(data.y, self.min_samples)
+        for c, idx in groups:
             tau, s = top_direction_scores(feats[idx])
             removed[idx[remove_top(tau, self.eps)]] = True
             energy = float((s**2).sum())

@@ -167,24 +167,7 @@ class RobustStrategy(FedAvg):
 
         assert self._sent is not None, "configure_train must run before aggregate_train"
         t0 = time.perf_counter()
-        replies = list(replies)
-        failed: list[tuple[int, str]] = []
-        nbytes = 0
-        good: list[tuple[int, dict[str, torch.Tensor], float, dict[str, float]]] = []
-        for msg in replies:
-            pid = self._pid_of(msg)
-            if msg.has_error():
-                failed.append((pid, f"client error: {msg.error.reason}"))
-                continue
-            reason, parsed = self._parse(msg)
-            if reason:
-                log(WARNING, "round %s: rejected reply of partition %s: %s", server_round, pid, reason)
-                failed.append((pid, reason))
-                continue
-            nbytes += sum(v.numel() * v.element_size() for v in parsed[0].values())
-            good.append((pid, *parsed))
-        good.sort(key=lambda t: t[0])
-        failed.sort(key=lambda t: t[0])
+        good, failed, nbytes = self._collect(server_round, replies)
         base = dict(
             round=server_round,
             sampled=tuple(self._sampled) or tuple(sorted([g[0] for g in good] + [f[0] for f in failed])),
@@ -253,6 +236,26 @@ class RobustStrategy(FedAvg):
         n_ex = sum(g[2] for g in good)
         loss = sum(g[3].get("train_loss", 0.0) * g[2] for g in good) / max(n_ex, 1.0)
         return ArrayRecord(new_state), MetricRecord({"train_loss": loss, "num-examples": n_ex})
+
+    def _collect(self, server_round: int, replies: Iterable[Message]):
+        """Well-formed replies ``[(partition, state, num_examples, metrics)]`` and failed ones
+        ``[(partition, reason)]``, both in partition order, and the bytes received."""
+        failed: list[tuple[int, str]] = []
+        good: list[tuple[int, dict[str, torch.Tensor], float, dict[str, float]]] = []
+        nbytes = 0
+        for msg in replies:
+            pid = self._pid_of(msg)
+            if msg.has_error():
+                failed.append((pid, f"client error: {msg.error.reason}"))
+                continue
+            reason, parsed = self._parse(msg)
+            if reason:
+                log(WARNING, "round %s: rejected reply of partition %s: %s", server_round, pid, reason)
+                failed.append((pid, reason))
+                continue
+            nbytes += sum(v.numel() * v.element_size() for v in parsed[0].values())
+            good.append((pid, *parsed))
+        return sorted(good, key=lambda t: t[0]), sorted(failed, key=lambda t: t[0]), nbytes
 
     def _pid_of(self, msg: Message) -> int:
         src = msg.metadata.src_node_id

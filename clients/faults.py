@@ -10,13 +10,15 @@ the global model finite.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 import torch
 
 from fedsec.clients.base import Behaviour, ClientTask, register_behaviour
 
-MODES = ("raise", "exit", "nan", "inf", "huge", "shape", "dtype", "missing", "extra", "zero_examples")
+MODES = ("raise", "exit", "nan", "inf", "huge", "shape", "dtype", "missing", "extra", "zero_examples",
+         "slow")
 
 
 @register_behaviour("fault")
@@ -29,11 +31,17 @@ class Fault(Behaviour):
     nan / inf: the submitted weights contain NaN / inf; huge: every weight is 1e30
     (finite, so only a robust rule keeps it out); shape: the first tensor has one element
     too few; dtype: the first tensor is float64; missing: the first tensor is absent;
-    extra: an unexpected tensor is added; zero_examples: the reply claims 0 examples."""
+    extra: an unexpected tensor is added; zero_examples: the reply claims 0 examples;
+    slow: a straggler, whose honest reply comes ``seconds`` late (timeouts, a node lost
+    mid-round)."""
+    seconds: float = 1.0
+    """Delay of mode ``slow``, in seconds of wall-clock time."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode: got {self.mode!r}, expected one of {MODES}")
+        if not (isinstance(self.seconds, (int, float)) and 0 <= self.seconds < float("inf")):
+            raise ValueError(f"seconds: got {self.seconds!r}, expected a finite number >= 0")
 
     def finalize(self, task: ClientTask) -> None:
         mode = self.mode
@@ -41,6 +49,9 @@ class Fault(Behaviour):
             raise RuntimeError(f"injected fault in partition {task.partition_id}")
         if mode == "exit":
             os._exit(17)
+        if mode == "slow":
+            time.sleep(self.seconds)
+            return
         module, name = _first_parameter(task.model)
         with torch.no_grad():
             p = getattr(module, name)

@@ -86,3 +86,19 @@ def test_a_rule_that_cannot_decide_leaves_the_model_unchanged(tmp_path):
     (row,) = r.history
     assert "Bulyan needs" in row["aggregation_error"] and row["accepted"] == []
     assert row["clean_acc"] == r.summary["initial"]["clean_acc"]
+
+
+def test_a_straggler_replies_late_with_the_honest_update(tmp_path):
+    """mode "slow" changes only when the reply arrives, not what it holds."""
+    from fedsec.clients.faults import Fault
+
+    base = ['run.engine="inline"', "data.num_clients=3", "server.rounds=1", "client.epochs=1",
+            f'run.output="{tmp_path}"']
+    honest = run(load_scenario(QUICK, base))
+    slow = run(load_scenario(QUICK, base + [
+        'attack=[{behaviour="fault", partitions=[1], params={mode="slow", seconds=0.2}}]']))
+    sa, sb = honest.model.state_dict(), slow.model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert slow.history[0]["failed"] == []
+    with pytest.raises(ValueError, match="seconds: got -1"):
+        Fault(mode="slow", seconds=-1)

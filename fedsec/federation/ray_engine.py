@@ -25,6 +25,7 @@ the pool size follows from the CPUs/GPUs Ray reports and ``run.num_cpus`` /
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import sys
 from typing import Any
@@ -34,6 +35,7 @@ from flwr.app import Context, Message
 from fedsec.federation.engines import LocalGrid, ServerMain, _server_context, error_reply, frozen_gc, register_engine
 
 _POOL: dict[str, Any] = {}
+log = logging.getLogger(__name__)
 
 
 def _ray():
@@ -118,6 +120,8 @@ def pool_size(num_cpus: float, num_gpus: float) -> int:
 
 class ActorPool:
     DEPTH = 2  # calls queued per actor
+    START_TIMEOUT = 300.0  # s a round waits for a replacement actor when no other actor is left
+    MAX_START_FAILURES = 3
 
     def __init__(self, num_cpus: float, num_gpus: float, size: int) -> None:
         ray = _ray()
@@ -125,19 +129,53 @@ class ActorPool:
         self.actors = [self.cls.remote() for _ in range(size)]
         ray.get([a.ping.remote() for a in self.actors])
         self.replaced = 0
+        # slot -> the ping of a replacement that has not started yet. A replacement gets
+        # work only once it runs: after a node is lost its CPUs may never come back, and a
+        # call queued on an actor that never starts would hang the round.
+        self.starting: dict[int, Any] = {}
+        self.start_failures: dict[int, int] = {}
+        self.retired: set[int] = set()
 
     def replace(self, slot: int) -> None:
+        ray = _ray()
+        try:  # an unreachable actor may still hold its CPU: free it
+            ray.kill(self.actors[slot], no_restart=True)
+        except Exception:
+            pass
         self.actors[slot] = self.cls.remote()
         self.replaced += 1
         if getattr(self, "shared", None):  # an actor runs its calls in order: attached before any work
             self.actors[slot].attach.remote(*self.shared)
+        self.starting[slot] = self.actors[slot].ping.remote()
+
+    def started(self, slot: int) -> bool:
+        """Settle the start of ``slot``'s replacement; whether it can take work now."""
+        ref = self.starting.pop(slot)
+        try:
+            _ray().get(ref)
+        except Exception as e:  # could not start (its node died too): try again, then give the slot up
+            self.start_failures[slot] = self.start_failures.get(slot, 0) + 1
+            if self.start_failures[slot] >= self.MAX_START_FAILURES:
+                self.retired.add(slot)
+                log.warning("Ray client actor slot %d retired after %d failed starts: %s",
+                            slot, self.start_failures[slot], e)
+            else:
+                self.replace(slot)
+            return False
+        self.start_failures.pop(slot, None)
+        return True
+
+    def ready(self, slot: int) -> bool:
+        return slot not in self.starting and slot not in self.retired
 
     def share(self, key: str, ref: Any) -> None:
         """Every actor (and every replacement) reads the training set behind ``ref``
         (fedsec.federation.shared) instead of loading its own copy."""
         if getattr(self, "shared", None) != (key, ref):
             self.shared = (key, ref)
-            _ray().get([a.attach.remote(key, ref) for a in self.actors])
+            calls = [a.attach.remote(key, ref) for a in self.actors]
+            # A replacement still starting runs its attach before any work: no need to wait on it.
+            _ray().get([c for slot, c in enumerate(calls) if self.ready(slot)])
 
     def run(self, messages: list[Message], contexts: list[Context], on_reply=None) -> list[Message]:
         from fedsec.federation.arrays import in_memory_content
@@ -186,17 +224,28 @@ class ActorPool:
             if on_reply:
                 on_reply(reply)
 
-        for slot in range(len(self.actors)):
-            fill(slot)
-        while running:
-            done, _ = ray.wait(list(running), num_returns=1)
+        while True:
+            for slot in range(len(self.actors)):  # work re-queued from a dead actor goes to any idle one
+                if self.ready(slot):
+                    fill(slot)
+            if not running and not (pending and self.starting):
+                break
+            starting = {ref: slot for slot, ref in self.starting.items()}
+            done, _ = ray.wait(list(running) + list(starting), num_returns=1,
+                               timeout=None if running else self.START_TIMEOUT)
+            if not done:  # no actor left and none could start: fail what is left (below)
+                break
             for ref in done:
+                if ref in starting:
+                    self.started(starting[ref])
+                    continue
                 if ref not in running:  # already handled with its dead actor's queue
                     continue
                 k, slot = running[ref]
                 try:
                     got, ctxs = ray.get(ref)
-                except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as e:
+                except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
+                        ray.exceptions.NodeDiedError) as e:
                     k = running[queues[slot][0]][0]
                     requeue = [running[r][0] for r in queues[slot][1:]]
                     for r in queues[slot]:
@@ -217,7 +266,11 @@ class ActorPool:
                     for i, reply, ctx in zip(items[k], got, ctxs):
                         contexts[i].state = ctx.state
                         settle(i, reply)
-                fill(slot)
+        for k in pending:
+            for i in items[k]:
+                settle(i, error_reply(messages[i], RuntimeError(
+                    f"no Ray client actor could start within {self.START_TIMEOUT:.0f} s "
+                    f"(cluster resources now: {ray.cluster_resources()})")))
         return replies  # type: ignore[return-value]
 
 

@@ -344,6 +344,7 @@ def distill(
         help="write the distilled students here (student_kd.safetensors, student_kd_abd.safetensors)")] = None,
 ) -> None:
     """Anti-backdoor data-free distillation (ABD) of a saved model: teacher vs KD vs KD+ABD."""
+    from fedsec.data import in_memory
     from fedsec.federation.env import dataset_of, device_of, new_model
     from fedsec.federation.server import eval_triggers_of
     from fedsec.plugins.abd import STUDENT_FILES, ABDConfig, compare, markdown_table, save_student
@@ -358,7 +359,7 @@ def distill(
         console.print(f"[red]invalid ABD option: {e}[/]")
         raise typer.Exit(2) from None
     data = dataset_of(s)
-    res = compare(teacher, in_shape=data.in_shape, num_classes=data.num_classes, test=data.test,
+    res = compare(teacher, in_shape=data.in_shape, num_classes=data.num_classes, test=in_memory(data.test),
                   eval_triggers=eval_triggers_of(s), make_student=lambda: new_model(s, "student"),
                   device=device_of(s), config=cfg,
                   log=typer.echo if cfg.eval_every else None,  # --param eval_every=N: the learning curve

@@ -90,7 +90,8 @@ class FeatureCollision(Behaviour):
         test = load_dataset(self.dataset, self.root).test
         if self.target_index >= len(test):
             raise ValueError(f"target_index: got {self.target_index}, expected an index < {len(test)}")
-        return test.x[self.target_index], int(test.y[self.target_index])
+        row = test.subset(torch.tensor([self.target_index]))
+        return row.x[0], int(row.y[0])
 
     def prepare(self, task: ClientTask) -> None:
         data = task.data

@@ -25,7 +25,7 @@ import torch
 from fedsec.clients.attacks._common import check, check_target, coerce_trigger, is_int, is_num
 from fedsec.clients.attacks.badnets import BadNets
 from fedsec.clients.base import Behaviour, ClientTask, TrainConfig, register_behaviour
-from fedsec.data import TensorData, load_dataset
+from fedsec.data import TensorData, in_memory, load_dataset
 from fedsec.data.triggers import Trigger
 from fedsec.metrics import EvalTrigger, accuracy, attack_success_rate
 from fedsec.models import build_model
@@ -96,7 +96,7 @@ def craft_backdoor(
                         trigger=trigger if trigger is not None else _default_trigger())
     splits = load_dataset(dataset, root)
     check(target < splits.num_classes, "target", target, f"a class index < {splits.num_classes}")
-    train = data if data is not None else splits.train
+    train = data if data is not None else in_memory(splits.train)
     check(len(train) > 0, "data", f"{len(train)} samples", "a non-empty dataset")
     with scoped_seed(seed, "craft-backdoor-init"):
         net = build_model(model, in_shape=splits.in_shape, num_classes=splits.num_classes,
@@ -113,8 +113,9 @@ def craft_backdoor(
     with scoped_seed(seed, "craft-backdoor-train"):
         local_train(behaviour, task)
     net = net.cpu()
-    clean = accuracy(net, splits.test)
-    asr = attack_success_rate(net, splits.test, EvalTrigger(behaviour.trigger.apply, target=target))
+    test = in_memory(splits.test)
+    clean = accuracy(net, test)
+    asr = attack_success_rate(net, test, EvalTrigger(behaviour.trigger.apply, target=target))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"dataset": dataset, "model": model, "model_params": json.dumps(model_params or {}),

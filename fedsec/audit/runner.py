@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from fedsec.audit.base import AuditResult, AuditTarget, get_detector
-from fedsec.data import TensorData
+from fedsec.data import TensorData, in_memory
 
 
 @dataclass(frozen=True)
@@ -122,11 +122,11 @@ def run_audit(model_path: Path, detector: str, params: dict[str, Any] | None = N
     net = load_model(model_path, s_model if s_model is not None else s_data)
     ds = dataset_of(s_data)
     device = device_of(s_data)
-    clean, evaluation = server_split(ds.test, server_fraction, seed)
+    clean, evaluation = server_split(in_memory(ds.test), server_fraction, seed)
     audited, poisoned, info = None, None, {}
     if det.kind == "data":
         if partition is None:
-            audited, info = ds.train, {"audited": "train split", "n": len(ds.train)}
+            audited, info = in_memory(ds.train), {"audited": "train split", "n": len(ds.train)}
         else:
             view = client_view(s_data, partition)
             audited, poisoned = view.data, view.poisoned

@@ -32,6 +32,10 @@ class TensorData:
     def __len__(self) -> int:
         return len(self.y)
 
+    @property
+    def in_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x.shape[1:])  # type: ignore[return-value]
+
     def subset(self, index: torch.Tensor | np.ndarray) -> TensorData:
         index = torch.as_tensor(index, dtype=torch.long)
         return TensorData(self.x[index], self.y[index])
@@ -39,6 +43,9 @@ class TensorData:
 
 @dataclass(frozen=True)
 class DatasetSplits:
+    """A dataset's two splits; each is in memory (``TensorData``) or read on demand from a
+    torch Dataset (``fedsec.data.lazy.DatasetData``)."""
+
     name: str
     train: TensorData
     test: TensorData
@@ -46,7 +53,7 @@ class DatasetSplits:
 
     @property
     def in_shape(self) -> tuple[int, int, int]:
-        return tuple(self.train.x.shape[1:])  # type: ignore[return-value]
+        return tuple(self.train.in_shape)  # type: ignore[return-value]
 
 
 @functools.lru_cache(maxsize=4)

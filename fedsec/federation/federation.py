@@ -33,6 +33,7 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 from torch import nn
 
+from fedsec.data import in_memory
 from fedsec.federation import checkpointing
 from fedsec.federation.env import dataset_of, device_of, initial_state, new_model
 from fedsec.metrics import EvalTrigger, attack_success_rate, detection, evaluate
@@ -179,7 +180,7 @@ class Federation:
         self.toml = s.to_toml()
         data = self.data = dataset_of(s)
         self.device = device_of(s)
-        self.eval_set, self.root_set = split_test(s, data.test, s.server.root_examples())
+        self.eval_set, self.root_set = split_test(s, in_memory(data.test), s.server.root_examples())
         self.triggers = eval_triggers_of(s)
         self.rule = build_rule(s)
         # Behaviours are stateless, so one object per attack entry serves every round.

@@ -311,7 +311,8 @@ def run_ray(scenario, main: ServerMain, *, on_reply=None) -> None:
     if scenario.run.share_data:
         from fedsec.federation import shared
 
-        pool.share(*shared.publish(scenario))
+        if shared.shareable(scenario):
+            pool.share(*shared.publish(scenario))
     grid = LocalGrid(
         client_app,
         scenario.data.num_clients,

@@ -49,6 +49,14 @@ def key_of(s) -> str:
                        derive_seed(s.run.seed, "partition") % 2**32], sort_keys=True, default=str)
 
 
+def shareable(s) -> bool:
+    """Whether the scenario's training set is held in memory; one read on demand from a torch
+    Dataset (fedsec.data.lazy) is not copied: each actor reads its clients' rows itself."""
+    from fedsec.federation.env import dataset_of
+
+    return isinstance(dataset_of(s).train, TensorData)
+
+
 def build(s) -> SharedTrain:
     """The scenario's training set packed, with its partitions (on the driver)."""
     from fedsec.data.storage import pack

@@ -72,6 +72,15 @@ def test_grid_maps_axes_to_scenario_fields():
     assert len(honest_mean) == 4 and len(sw.unique()) == len(sw.cells) - 4
 
 
+def test_cells_take_the_vectorized_path_unless_the_sweep_says_otherwise():
+    raw = {"base": {"data": {"num_clients": 4}}, "aggregators": ["mean"]}
+    assert all(c.scenario.run.vectorize for c in parse_sweep(raw).cells)
+    off = parse_sweep({**raw, "set": {"run.vectorize": False}})
+    assert not any(c.scenario.run.vectorize for c in off.cells)
+    in_base = parse_sweep({**raw, "base": {"data": {"num_clients": 4}, "run": {"vectorize": False}}})
+    assert not any(c.scenario.run.vectorize for c in in_base.cells)
+
+
 def test_explicit_cells_are_subgrids_by_label():
     sw = parse_sweep({
         "base": {"data": {"num_clients": 10}},

@@ -99,8 +99,10 @@ def test_decoding_workers_give_the_same_rows(png_root):
     assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
 
 
-def test_a_federation_on_files_read_on_demand_equals_one_in_memory(png_root, tmp_path):
+@pytest.mark.parametrize("vectorize", [False, True])
+def test_a_federation_on_files_read_on_demand_equals_one_in_memory(png_root, tmp_path, vectorize):
     sets = ['run.engine="inline"', "data.num_clients=5", "server.rounds=2", "client.epochs=1",
+            f"run.vectorize={str(vectorize).lower()}",
             "server.fraction_train=0.6", f'data.root="{png_root}"', f'run.output="{tmp_path}"',
             'attack=[{behaviour="badnets", partitions=[0]}]']
     mem = run(load_scenario(QUICK, sets + ['data.dataset="png_digits_memory"']))

@@ -20,8 +20,20 @@ a client here has only its own); the top-k is taken over all parameters
 together; the mask is a 0/1 factor applied to ``p.grad`` after every
 ``backward`` (``on_gradients``). ``mask_ratio`` is the paper's k as a
 fraction: the authors' ``gradmask_ratio`` is the kept fraction, 1 - k (their
-CIFAR runs: 0.95-0.99, i.e. k = 1-5%). Weight decay, applied inside the
+CIFAR runs: 0.95-0.99, i.e. k = 1-5%): they keep the ``int((1 - k) D)``
+smallest-magnitude coordinates, we zero the ``round(k D)`` largest (the two
+counts differ by at most one coordinate). Weight decay, applied inside the
 optimiser step, is not masked (the authors' attacker uses it too).
+
+Norm bound: the authors' CV attacker (``train_cv_poison``) is not projected;
+their server clips every client's update to ``s_norm`` (0.2 on CIFAR) before
+averaging, i.e. fedsec's ``norm_clip`` rule. Their NLP code has an optional
+per-step projection (``--PGD``, off in the released commands). Their released
+commands also give Neurotoxin a larger attacker learning rate than the
+baseline (CIFAR-10: 0.02 vs 0.003); fedsec's comparison keeps BadNets and
+Neurotoxin at the same learning rate and epochs (the same budget), and the
+mask is the only difference. Measured durability on digits:
+``experiments/attacks/neurotoxin_durability.md``.
 
 The poisoning itself is BadNets' (same trigger, target, poisoned fraction,
 per batch or per dataset), so a Neurotoxin run and a BadNets run with the

@@ -229,6 +229,72 @@ def test_partial_knowledge_never_reads_honest_rows():
         assert torch.equal(a[mal], c[mal]), b.name
 
 
+# -- where the adaptive attacks break DnC and NNM + Krum: honest heterogeneity ----------------
+# Honest updates a_i e_i, a = (1, 1, 1, 1, 1, 1, 8, 8): pairwise orthogonal (as label-skewed
+# clients' first-round updates nearly are), benign mean mu = a / 8, s = sign(mu) = (1, ..., 1).
+HETERO = torch.diag(torch.tensor([1.0, 1, 1, 1, 1, 1, 8, 8], dtype=torch.float64))
+
+
+def with_attackers(H, c=2):
+    return torch.cat([torch.zeros(c, H.shape[1], dtype=H.dtype), H]), mask_of(c + H.shape[0], range(c))
+
+
+def test_fang_krum_against_dnc_hides_inside_the_honest_spread_by_hand():
+    # Krum bound (Theorem 1), k = 8 honest, c = 2, d = 8: the 6 nearest to a unit row are the
+    # other 5 unit rows (sqrt2) and one 8-row (sqrt65): 15.133 / (5 sqrt8) + 8 / sqrt8 = 3.8985.
+    # DnC (f = 2; all 8 coordinates, so one exact iteration) drops the 2 highest scores.
+    # Swapping coordinates 7 and 8 leaves the rows' set unchanged, so (e7 - e8)/sqrt2 is an
+    # eigenvector of the centred rows' scatter, eigenvalue 2 (8/sqrt2)^2 = 64; the crafted pair
+    # -lambda s lies in the other (symmetric) directions, whose largest eigenvalue is 247 at
+    # lambda = 3.90 and 94 at 1.95 (the pair is the outlier: dropped) but 61.9 < 64 at 0.975:
+    # there the two 8 e_i score 64/(64 * 2/10) = 5 and are dropped, every other row scores 0.
+    U, mal = with_attackers(HETERO)
+    dnc = get_aggregator("dnc", f=2)
+    out = get_behaviour("fang", target="krum").craft(U, mal, torch.Generator().manual_seed(0), rule=dnc)
+    bound = krum_lambda_bound(HETERO, 2)
+    assert bound == pytest.approx(15.1333 / (5 * 8**0.5) + 8 / 8**0.5, abs=1e-4)
+    lam = bound / 4
+    assert torch.allclose(out[:2], torch.full((2, 8), -lam, dtype=torch.float64))
+    res = dnc(out, generator=torch.Generator().manual_seed(0))
+    assert res.accepted.tolist() == [True] * 8 + [False] * 2
+    assert float(res.scores[:8].abs().max()) < 1e-9 and res.scores[8:].tolist() == pytest.approx([5.0, 5.0])
+    # aggregate (2 (-lambda s) + e_1 + ... + e_6) / 8, sum(mu) = 22/8: <agg, mu> = (6/8 - 2 lambda 22/8) / 8
+    mu = HETERO.mean(0)
+    assert float(res.vector.double() @ mu) == pytest.approx((6 / 8 - 2 * lam * 22 / 8) / 8, abs=1e-6)
+    assert float(res.vector.double() @ mu) < 0  # against the benign direction
+
+
+def test_fang_krum_against_dnc_is_rejected_when_honest_updates_agree():
+    g = torch.Generator().manual_seed(0)
+    H = 1.0 + 0.1 * torch.randn(8, 8, generator=g, dtype=torch.float64)
+    U, mal = with_attackers(H)
+    dnc = get_aggregator("dnc", f=2)
+    out = get_behaviour("fang", target="krum").craft(U, mal, torch.Generator().manual_seed(0), rule=dnc)
+    assert float(out[:2].abs().max()) < 1e-5  # no lambda accepted: the below-threshold fallback
+    assert not bool(dnc(out, generator=torch.Generator().manual_seed(0)).accepted[mal].any())
+
+
+def test_agr_tailored_unit_vec_against_nnm_krum_needs_heterogeneous_honest_updates():
+    from fedsec.strategies import get_pre_aggregator
+    from fedsec.strategies.pre_aggregators.compose import compose
+
+    rule = compose([get_pre_aggregator("nnm", f=2)], get_aggregator("krum", f=2))
+    b = get_behaviour("agr_tailored", perturbation="unit_vec")
+    g = torch.Generator().manual_seed(0)
+    for H, broken in ((HETERO, True), (1.0 + 0.1 * torch.randn(8, 8, generator=g, dtype=torch.float64), False)):
+        U, mal = with_attackers(H)
+        mu = H.mean(0)
+        clean = rule(torch.where(mal[:, None], mu, U))  # the attackers sending the benign mean
+        res = rule(b.craft(U, mal, torch.Generator().manual_seed(0), rule=rule))
+        assert bool(res.accepted[mal].all())  # the Krum-selected neighbourhood holds both
+        proj, ref = float(res.vector.double() @ mu), float(clean.vector.double() @ mu)
+        assert ref > 0
+        if broken:
+            assert proj < 0  # the aggregate now points against the benign mean
+        else:
+            assert proj > 0.9 * ref
+
+
 @pytest.mark.parametrize("name, params, message", [
     ("fang", {"target": "bulyan"}, "target"),
     ("fang", {"b": 1.0}, "b"),

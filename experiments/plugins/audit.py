@@ -11,19 +11,28 @@ Sections (each prints a markdown table; results and commentary: audit.md):
     clients (default 4; 3x3 white corner patch -> class 0, 30% of every batch), and
     the same federation without attackers, one per seed. Paper: the backdoored models are flagged
     (anomaly index > 2) with the right target; clean models are not (false positives).
+    The reversal runs the reference's schedule to its early stop (``--nc-passes`` caps the
+    steps). Flagged models are repaired by unlearning (the paper's Sec. VI-C mitigation),
+    against the paper's control, the same fine-tuning without the reversed trigger. The
+    table ends with how often the MAD test flags C i.i.d. normal norms (its own null).
 ``prune``
     Fine-pruning (Liu et al. RAID 2018) of the same global models with the server's
-    clean half of the test split: ASR and accuracy before, after pruning only, after
-    fine-pruning with fine-tuning at lr 0.01 and 0.05, and the paper's control,
-    fine-tuning alone.
+    clean half of the test split (``--server-fraction``): ASR and accuracy before, after
+    pruning only, with 90% of the last conv layer's channels pruned (the paper's premise:
+    the backdoor lives in channels dormant on clean data), after fine-pruning with
+    fine-tuning at lr 0.01 and 0.05, and the paper's control, fine-tuning alone.
+    ``--model-cache DIR`` saves the federations' global models and reuses them (the
+    federations are deterministic, so the figures do not change).
 ``data``
-    A client audits its own data: a 720-sample IID share of the train split, 2% of it
-    BadNets-poisoned (about 1 poison per 6 samples of the target class), a local model
-    trained on it. Activation clustering (Chen et al. 2019), spectral signatures (Tran
-    et al. NeurIPS 2018) and the frequency detector (Zeng et al. ICCV 2021) report the
-    recall of the poisons and the fraction of clean samples removed; the model retrained
-    on what is left gives the ASR after sanitizing. The same on an unpoisoned share
-    measures false positives.
+    A client audits its own data: per seed an IID 720-sample share of the train split and
+    the clients of a Dirichlet(0.5) split (label skew), each clean and BadNets-poisoned so
+    that the poisons make 10% and 30% of the target label; a local model trained on it.
+    Activation clustering (Chen et al. 2019), spectral signatures (Tran et al. NeurIPS
+    2018) and the frequency detector (Zeng et al. ICCV 2021): verdicts on poisoned shares
+    (true positives, right target) and on clean shares (false positives), the recall of
+    the poisons and the fraction of clean samples removed; the model retrained on what
+    the default AC / SS keep gives the ASR after sanitizing (IID shares). Seeds start at
+    ``--data-first-seed`` 4: seeds 0-3 chose the verdict thresholds.
 ``frequency``
     The DCT-spectrum classifier trained on clean images and self-made triggers (random
     squares and noise blends) is evaluated on triggers it never saw: the BadNets square,
@@ -62,6 +71,7 @@ from fedsec.audit.frequency import FrequencyDetector
 from fedsec.audit.neural_cleanse import NeuralCleanse
 from fedsec.audit.plugins import server_split
 from fedsec.audit.stats import auc
+from fedsec.audit.unlearning import unlearn
 from fedsec.data import TensorData, load_dataset
 from fedsec.data.triggers import Trigger
 from fedsec.metrics import EvalTrigger, accuracy, attack_success_rate
@@ -104,31 +114,58 @@ def audit_target(model, clean, ev, ds, seed, **kw) -> AuditTarget:
 # nc + prune: global models of federations
 
 
+def global_model(args, seed: int, attacked: bool, out: Path):
+    """The federation's final global model; with ``--model-cache`` saved once and reloaded after."""
+    path = None
+    if args.model_cache:
+        tag = (f"{args.dataset}-r{args.rounds}-n{args.num_clients}-a{args.attackers}-{args.partitioner}"
+               f"-e{args.local_epochs}-{'bd' if attacked else 'clean'}-{seed}.pt")
+        path = Path(args.model_cache) / tag
+        if path.is_file():
+            ds = load_dataset(args.dataset)
+            with scoped_seed(seed, "audit-cache"):
+                model = build_model("cnn", in_shape=ds.in_shape, num_classes=ds.num_classes)
+            model.load_state_dict(torch.load(path, weights_only=True))
+            return model.eval()
+    model = federation(args, seed, attacked, out).model.cpu().eval()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), path)
+    return model
+
+
 def section_models(args, out: Path, figures: dict) -> None:
     ds = load_dataset(args.dataset)
     trig = {"badnets": EvalTrigger(TRIGGER.apply, target=TARGET)}
     nc_rows, fp_rows = [], []
     for seed in range(args.seeds):
-        clean, ev = server_split(ds.test, 0.5, seed)
+        clean, ev = server_split(ds.test, args.server_fraction, seed)
         for attacked in (True, False):
             t0 = time.perf_counter()
-            res = federation(args, seed, attacked, out)
-            model = res.model.cpu().eval()
+            model = global_model(args, seed, attacked, out)
             acc, asr = accuracy(model, ev), attack_success_rate(model, ev, trig["badnets"])
             t_fed = time.perf_counter() - t0
             row = {"seed": seed, "attacked": attacked, "acc": acc, "asr": asr}
             if "nc" in args.sections:
                 t0 = time.perf_counter()
-                r = NeuralCleanse(passes=args.nc_passes).audit(
-                    audit_target(model, clean, ev, ds, seed, out_dir=out / "nc", prefix=f"{seed}-{attacked}."))
-                row.update(flagged=r.flagged, target=r.target, index=r.score,
-                           norms=r.figures["l1_norms"], nc_seconds=time.perf_counter() - t0)
+                nc = NeuralCleanse(passes=args.nc_passes, step_samples=args.nc_step_samples,
+                                   restarts=args.nc_restarts, mitigate="unlearn")
+                _, r = nc.repair(audit_target(model, clean, ev, ds, seed, eval_triggers=trig,
+                                              out_dir=out / "nc", prefix=f"{seed}-{attacked}."))
+                row.update(flagged=r.flagged, target=r.target, index=r.score, norms=r.figures["l1_norms"],
+                           steps=r.figures["passes"], mitigation=r.figures["mitigation"],
+                           nc_seconds=time.perf_counter() - t0)
+                # the paper's control: the same fine-tuning without the reversed trigger
+                ft = unlearn(model, clean, epochs=nc.unlearn_epochs, lr=nc.unlearn_lr, momentum=nc.unlearn_momentum,
+                             weight_decay=0.0, batch_size=nc.batch_size, generator=generator(seed, "nc-control"),
+                             device="cpu")
+                row["ft_control"] = {"acc": accuracy(ft, ev), "asr": attack_success_rate(ft, ev, trig["badnets"])}
                 nc_rows.append(row)
             if "prune" in args.sections:
                 fp_rows.append(prune_row(args, model, clean, ev, ds, seed, trig, attacked))
             print(f"  seed {seed} {'backdoored' if attacked else 'clean'}: acc {pct(acc)} ASR {pct(asr)} "
-                  f"(federation {t_fed:.0f}s)" + (f", NC index {row['index']:.2f} target {row['target']}"
-                                                 if "index" in row else ""), flush=True)
+                  f"(federation {t_fed:.0f}s)" + (f", NC index {row['index']:.2f} target {row['target']} "
+                                                 f"({row['nc_seconds']:.0f}s)" if "index" in row else ""), flush=True)
     if nc_rows:
         figures["nc"] = nc_rows
         print(nc_table(nc_rows))
@@ -138,12 +175,19 @@ def section_models(args, out: Path, figures: dict) -> None:
 
 
 def nc_table(rows: list[dict]) -> str:
-    lines = ["| seed | model | acc | ASR | anomaly index | flagged | target | min-norm class |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| seed | model | acc | ASR | anomaly index | flagged | target | min-norm class "
+             "| L1: target class / median | steps (median) | unlearned: acc / ASR | fine-tuned only: acc / ASR |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        norms = r["norms"]
+        m = r["mitigation"]
+        unl = f"{pct(m['after']['acc'])} / {pct(m['after']['asr']['badnets'])}" if m["applied"] else "not flagged"
         lines.append(f"| {r['seed']} | {'BadNets' if r['attacked'] else 'clean'} | {pct(r['acc'])} | {pct(r['asr'])} | "
                      f"{r['index']:.2f} | {'yes' if r['flagged'] else 'no'} | {r['target']} | "
-                     f"{min(range(len(r['norms'])), key=r['norms'].__getitem__)} |")
+                     f"{min(range(len(norms)), key=norms.__getitem__)} | {norms[TARGET]:.1f} / "
+                     f"{sorted(norms)[len(norms) // 2 - 1] / 2 + sorted(norms)[len(norms) // 2] / 2:.1f} | "
+                     f"{sorted(r['steps'])[len(r['steps']) // 2]} | {unl} | "
+                     f"{pct(r['ft_control']['acc'])} / {pct(r['ft_control']['asr'])} |")
     bd = [r for r in rows if r["attacked"]]
     cl = [r for r in rows if not r["attacked"]]
     tp = sum(r["flagged"] and r["target"] == TARGET for r in bd)
@@ -151,7 +195,29 @@ def nc_table(rows: list[dict]) -> str:
     lines.append("")
     lines.append(f"BadNets models flagged with the right target: {tp}/{len(bd)}; "
                  f"clean models flagged (false positives): {fp}/{len(cl)}")
+    done = [r for r in bd if r["mitigation"]["applied"]]
+    if done:
+        lines.append(f"unlearning on the {len(done)} flagged BadNets models: acc "
+                     f"{pct(_mean([r['mitigation']['before']['acc'] for r in done]))} -> "
+                     f"{pct(_mean([r['mitigation']['after']['acc'] for r in done]))}, ASR "
+                     f"{pct(_mean([r['mitigation']['before']['asr']['badnets'] for r in done]))} -> "
+                     f"{pct(_mean([r['mitigation']['after']['asr']['badnets'] for r in done]))} (fine-tuned only: "
+                     f"{pct(_mean([r['ft_control']['acc'] for r in done]))} / "
+                     f"{pct(_mean([r['ft_control']['asr'] for r in done]))})")
+    n = len(rows[0]["norms"])
+    lines.append(f"MAD test under its own null (the {n} norms i.i.d. normal): P(anomaly index of the smallest > 2) = "
+                 f"{pct(null_flag_rate(n))}%")
     return "\n".join(lines) + "\n"
+
+
+def null_flag_rate(n_classes: int, threshold: float = 2.0, draws: int = 20000) -> float:
+    """How often the MAD test flags when the C norms are i.i.d. normal (no outlier at all)."""
+    from fedsec.audit.stats import anomaly_index
+
+    g = torch.Generator().manual_seed(0)
+    hits = sum(float(anomaly_index(torch.randn(n_classes, generator=g, dtype=torch.float64)).max()) > threshold
+               for _ in range(draws))
+    return hits / draws
 
 
 def prune_row(args, model, clean, ev, ds, seed, trig, attacked) -> dict:
@@ -171,12 +237,16 @@ def prune_row(args, model, clean, ev, ds, seed, trig, attacked) -> dict:
     sgd_train(ft, clean, epochs=args.fp_epochs, batch_size=32, lr=0.05, momentum=0.9, weight_decay=0.0,
               generator=generator(seed, "audit-experiment"), device="cpu")
     row["ft_lr05"] = {"acc": accuracy(ft, ev), "asr": {"badnets": attack_success_rate(ft, ev, trig["badnets"])}}
+    # Liu et al.'s premise (backdoor neurons dormant on clean data): ASR with 90% of the channels gone
+    _, r = FinePruning(prune_ratio=0.9, epochs=0).repair(audit_target(model, clean, ev, ds, seed, eval_triggers=trig))
+    row["pruned90"] = r.figures["after_pruning"]
     return row
 
 
 def fp_table(rows: list[dict]) -> str:
-    keys = ["before", "pruned_only", "fp_lr01", "fp_lr05", "ft_lr05"]
-    names = ["before", "pruned only", "fine-pruned (lr 0.01)", "fine-pruned (lr 0.05)", "fine-tuned only (lr 0.05)"]
+    keys = ["before", "pruned_only", "pruned90", "fp_lr01", "fp_lr05", "ft_lr05"]
+    names = ["before", "pruned only", "90% pruned", "fine-pruned (lr 0.01)", "fine-pruned (lr 0.05)",
+             "fine-tuned only (lr 0.05)"]
     lines = ["| seed | model | pruned | " + " | ".join(f"{n}: acc / ASR" for n in names) + " |",
              "|---|---|---|" + "---|" * len(keys)]
     for r in rows:
@@ -214,47 +284,75 @@ def local_model(data: TensorData, ds, seed: int, epochs: int):
 
 
 DATA_DETECTORS = {
-    "AC ica / relative size": ("activation_clustering", {"reduce": "ica"}),
-    "AC pca / relative size": ("activation_clustering", {"reduce": "pca"}),
-    "AC ica / silhouette": ("activation_clustering", {"reduce": "ica", "analysis": "silhouette"}),
-    "SS eps=0.2": ("spectral_signatures", {"eps": 0.2}),
+    "AC, paper: ica 10 dims, ART sil > 0.10": ("activation_clustering", {"nb_dims": 10, "silhouette_threshold": 0.10}),
+    "AC, paper: ica 10 dims, sil > 0.42": ("activation_clustering", {"nb_dims": 10}),
+    "AC default: ica 3 dims, sil > 0.42": ("activation_clustering", {}),
+    "AC pca 10 dims, sil > 0.42": ("activation_clustering", {"reduce": "pca", "nb_dims": 10}),
+    "SS eps=0.1": ("spectral_signatures", {"eps": 0.1}),
+    "SS eps=0.3": ("spectral_signatures", {"eps": 0.3}),
     "frequency": ("frequency", {"target_fpr": 0.05}),
 }
+RETRAINED = ("AC default: ica 3 dims, sil > 0.42", "SS eps=0.3")
+
+
+def client_shares(ds, seed: int, args) -> dict[str, torch.Tensor]:
+    """Train-split row indices of the audited client shares of one seed: an IID share and the
+    clients of a Dirichlet(alpha) split (label skew, what FL clients hold)."""
+    from fedsec.data.partition import partition
+
+    perm = torch.randperm(len(ds.train), generator=generator(seed, "audit-exp-share"))
+    shares = {"iid": perm[: args.client_size]}
+    parts = partition("dirichlet", ds.train.y.numpy(), args.dirichlet_clients, seed=seed, alpha=args.dirichlet_alpha)
+    shares.update({f"dirichlet {i}": torch.as_tensor(p) for i, p in enumerate(parts)})
+    return shares
 
 
 def section_data(args, figures: dict) -> None:
     ds = load_dataset(args.dataset)
     trig = EvalTrigger(TRIGGER.apply, target=TARGET)
+    levels = [float(v) for v in args.poison_levels.split(",")]
+    names = [k for k in DATA_DETECTORS if args.data_detectors == "all" or DATA_DETECTORS[k][0] in args.data_detectors]
     rows = []
-    for seed in range(args.seeds):
-        perm = torch.randperm(len(ds.train), generator=generator(seed, "audit-exp-share"))
-        share = ds.train.subset(perm[: args.client_size])
-        reference = ds.train.subset(perm[args.client_size: args.client_size + args.freq_clean])
+    for seed in range(args.data_first_seed, args.data_first_seed + args.seeds):
         _, ev = server_split(ds.test, 0.5, seed)
-        count = int(round(args.poison * args.client_size))
-        for poisoned in (True, False):
-            data, bad = poison(share, count if poisoned else 0, generator(seed, "audit-exp-poison"))
-            t0 = time.perf_counter()
-            model = local_model(data, ds, seed, args.local_train_epochs)
-            base = {"acc": accuracy(model, ev), "asr": attack_success_rate(model, ev, trig)}
-            for label, (name, params) in DATA_DETECTORS.items():
-                clean_ref = reference if name == "frequency" else share
-                r = get_detector(name, **params).audit(audit_target(model, clean_ref, ev, ds, seed, data=data,
-                                                                    poisoned=bad))
-                f = r.figures
-                row = {"seed": seed, "poisoned": poisoned, "detector": label, "flagged": r.flagged,
-                       "target": r.target, "recall": f.get("recall"), "clean_removed": f.get("clean_removed"),
-                       "n_poisoned": int(bad.sum()), "n": len(data), "before": base}
-                if poisoned and args.retrain:
-                    keep = torch.ones(len(data), dtype=torch.bool)
-                    keep[f["removed"]] = False
-                    m2 = local_model(data.subset(keep.nonzero().flatten()), ds, seed, args.local_train_epochs)
-                    row["after"] = {"acc": accuracy(m2, ev), "asr": attack_success_rate(m2, ev, trig)}
-                rows.append(row)
-            print(f"  seed {seed} {'poisoned' if poisoned else 'clean'} share: local model acc {pct(base['acc'])} "
-                  f"ASR {pct(base['asr'])} ({time.perf_counter() - t0:.0f}s)", flush=True)
+        for kind, idx in client_shares(ds, seed, args).items():
+            share = ds.train.subset(idx)
+            outside = torch.ones(len(ds.train), dtype=torch.bool)
+            outside[idx] = False
+            rest = outside.nonzero().flatten()
+            reference = ds.train.subset(rest[torch.randperm(len(rest), generator=generator(seed, "audit-exp-ref"))
+                                             [: args.freq_clean]])
+            n_target = int((share.y == TARGET).sum())
+            for level in [0.0, *levels]:
+                # `level`: the poisons' share of the target label after poisoning (Chen et al.'s 10-33%)
+                count = int(round(level / (1 - level) * n_target))
+                if level > 0 and count < 3:
+                    continue  # the share holds (almost) no target label: no backdoor to plant
+                data, bad = poison(share, count, generator(seed, "audit-exp-poison"))
+                t0 = time.perf_counter()
+                model = local_model(data, ds, seed, args.local_train_epochs)
+                base = {"acc": accuracy(model, ev), "asr": attack_success_rate(model, ev, trig)}
+                for label in names:
+                    name, params = DATA_DETECTORS[label]
+                    clean_ref = reference if name == "frequency" else share
+                    r = get_detector(name, **params).audit(audit_target(model, clean_ref, ev, ds, seed, data=data,
+                                                                        poisoned=bad))
+                    f = r.figures
+                    row = {"seed": seed, "share": kind, "level": level, "detector": label, "flagged": r.flagged,
+                           "score": r.score, "target": r.target, "recall": f.get("recall"),
+                           "clean_removed": f.get("clean_removed"), "n_poisoned": int(bad.sum()), "n": len(data),
+                           "before": base}
+                    if level > 0 and args.retrain and kind == "iid" and label in RETRAINED:
+                        keep = torch.ones(len(data), dtype=torch.bool)
+                        keep[f["removed"]] = False
+                        m2 = local_model(data.subset(keep.nonzero().flatten()), ds, seed, args.local_train_epochs)
+                        row["after"] = {"acc": accuracy(m2, ev), "asr": attack_success_rate(m2, ev, trig)}
+                    rows.append(row)
+                print(f"  seed {seed} {kind} share ({len(data)} samples, {count} poisons = {pct(level)}% of label "
+                      f"{TARGET}): local model acc {pct(base['acc'])} ASR {pct(base['asr'])} "
+                      f"({time.perf_counter() - t0:.0f}s)", flush=True)
     figures["data"] = rows
-    print(data_table(rows))
+    print(data_table(rows, levels))
 
 
 def _mean(v: list) -> float:
@@ -262,24 +360,39 @@ def _mean(v: list) -> float:
     return sum(v) / len(v) if v else float("nan")
 
 
-def data_table(rows: list[dict]) -> str:
-    lines = ["| detector | recall of poisons | clean removed | flagged (target 0) | ASR before -> after retraining "
-             "| acc before -> after | clean share: flagged | clean share: removed |",
-             "|---|---|---|---|---|---|---|---|"]
-    for label in DATA_DETECTORS:
-        p = [r for r in rows if r["detector"] == label and r["poisoned"]]
-        c = [r for r in rows if r["detector"] == label and not r["poisoned"]]
-        after = [r["after"] for r in p if "after" in r]
-        lines.append(
-            f"| {label} | {pct(_mean([r['recall'] for r in p]))} | {pct(_mean([r['clean_removed'] for r in p]))} | "
-            f"{sum(r['flagged'] for r in p)}/{len(p)} ({sum(r['target'] == TARGET for r in p)}) | "
-            f"{pct(_mean([r['before']['asr'] for r in p]))} -> {pct(_mean([a['asr'] for a in after]))} | "
-            f"{pct(_mean([r['before']['acc'] for r in p]))} -> {pct(_mean([a['acc'] for a in after]))} | "
-            f"{sum(r['flagged'] for r in c)}/{len(c)} | {pct(_mean([r['clean_removed'] for r in c]))} |")
-    n = rows[0]
+def data_table(rows: list[dict], levels: list[float]) -> str:
+    """Verdicts on poisoned shares (true positives, right target) and on clean shares (false positives)."""
+    def frac(rs: list[dict], cond) -> str:
+        return f"{sum(bool(cond(r)) for r in rs)}/{len(rs)}"
+
+    head = ["detector"] + [f"{pct(v)}% poisons: flagged (target {TARGET})" for v in levels] + [
+        "recall of poisons", "clean removed (poisoned shares)", "clean IID shares flagged",
+        "clean Dirichlet shares flagged", "clean removed (clean shares)", "ASR before -> after retraining (IID)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label in dict.fromkeys(r["detector"] for r in rows):
+        rs = [r for r in rows if r["detector"] == label]
+        p = [r for r in rs if r["level"] > 0]
+        c = [r for r in rs if r["level"] == 0]
+        after = [r for r in p if "after" in r]
+        cells = [label]
+        for v in levels:
+            pv = [r for r in p if r["level"] == v]
+            right = sum(r["flagged"] and r["target"] == TARGET for r in pv)
+            cells.append(f"{frac(pv, lambda r: r['flagged'])} ({right})")
+        cells += [pct(_mean([r["recall"] for r in p])), pct(_mean([r["clean_removed"] for r in p])),
+                  frac([r for r in c if r["share"] == "iid"], lambda r: r["flagged"]),
+                  frac([r for r in c if r["share"] != "iid"], lambda r: r["flagged"]),
+                  pct(_mean([r["clean_removed"] for r in c])),
+                  (f"{pct(_mean([r['before']['asr'] for r in after]))} -> "
+                   f"{pct(_mean([r['after']['asr'] for r in after]))}" if after else "-")]
+        lines.append("| " + " | ".join(cells) + " |")
+    seeds = sorted({r["seed"] for r in rows})
+    p = [r for r in rows if r["level"] > 0 and r["detector"] == rows[0]["detector"]]
     lines.append("")
-    lines.append(f"means over {len({r['seed'] for r in rows})} seeds; {n['n_poisoned'] if n['poisoned'] else '-'} "
-                 f"poisons in {n['n']} samples")
+    lines.append(f"seeds {seeds[0]}-{seeds[-1]}; {len(p)} poisoned and "
+                 f"{sum(r['level'] == 0 and r['detector'] == rows[0]['detector'] for r in rows)} clean shares; "
+                 f"local models: ASR {pct(_mean([r['before']['asr'] for r in p]))}% on poisoned shares, "
+                 f"acc {pct(_mean([r['before']['acc'] for r in rows]))}%")
     return "\n".join(lines) + "\n"
 
 
@@ -427,10 +540,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--attackers", type=int, default=4, help="BadNets clients (partitions 0..k-1)")
     ap.add_argument("--partitioner", default="dirichlet", choices=["dirichlet", "iid"])
     ap.add_argument("--local-epochs", type=int, default=2)
-    ap.add_argument("--nc-passes", type=int, default=60)
+    ap.add_argument("--nc-passes", type=int, default=1000, help="nc: most steps per class (early stop ends sooner)")
+    ap.add_argument("--nc-step-samples", type=int, default=0,
+                    help="nc: clean samples per step (0 = one pass over the server's clean set; reference 1000)")
+    ap.add_argument("--nc-restarts", type=int, default=1)
+    ap.add_argument("--server-fraction", type=float, default=0.5,
+                    help="nc/prune: part of the test split the server holds as its clean set (rest: evaluation)")
+    ap.add_argument("--model-cache", default=None,
+                    help="nc/prune: directory where the federations' global models are saved and reused")
     ap.add_argument("--fp-epochs", type=int, default=10)
     ap.add_argument("--client-size", type=int, default=720)
-    ap.add_argument("--poison", type=float, default=0.02, help="poisoned fraction of the client's share")
+    ap.add_argument("--poison-levels", default="0.1,0.3",
+                    help="data: poisons' share of the target label after poisoning, comma-separated")
+    ap.add_argument("--data-first-seed", type=int, default=4,
+                    help="data: first seed (seeds 0-3 chose the verdict thresholds, so the table reports others)")
+    ap.add_argument("--dirichlet-clients", type=int, default=2, help="data: clients of the Dirichlet split")
+    ap.add_argument("--dirichlet-alpha", type=float, default=0.5, help="data: Dirichlet label-skew alpha")
+    ap.add_argument("--data-detectors", default="all",
+                    help="data: 'all' or comma-separated detector names (activation_clustering, ...)")
     ap.add_argument("--local-train-epochs", type=int, default=20)
     ap.add_argument("--freq-clean", type=int, default=600, help="clean images the frequency detector trains on")
     ap.add_argument("--no-retrain", dest="retrain", action="store_false")

@@ -23,6 +23,25 @@ re-applied after fine-tuning to make that hold for any architecture. The state
 dict keeps its keys and shapes (the repaired model loads like the original).
 In residual networks only the last block's residual branch is pruned.
 
+Compared with the reference code and two reimplementations: the reference
+ranks the 60 channels of ``conv3`` by their mean ``pool3`` output over the
+test set and prunes a fixed 48; BackdoorBench (``defense/fp/fp.py``) ranks
+the last block's output on 5% of the training data and stops before the clean
+accuracy falls by 10% (relative); TrojanZoo prunes 95% unless accuracy falls by
+20 points. Here the ranking is the mean ReLU output of the last conv layer
+before pooling, and the stop is ``max_acc_drop`` (absolute) on the server's
+clean set, whose size is the plugins' and ``fedsec audit``'s
+``server_fraction`` (of the test split).
+
+The paper's premise, that the backdoor lives in channels the clean data leave
+dormant, is what fails on ``digits_scenes`` (``experiments/plugins/audit.md``):
+there the trigger's extra activation goes to channels the clean images use
+(the more active a channel, the more the trigger adds), with 29 of 32 channels
+pruned the ASR stays at 96-99% in 3 of 5 models while accuracy falls to 36%, so
+no stop rule and no clean-set size rescues pruning, and fine-tuning on a few
+hundred images does not unlearn a trigger it never sees. On 8x8 digits (black background) pruning
+alone also leaves the backdoor, but pruning then fine-tuning removes it.
+
 It is a repair, not a test: ``flagged`` is always False and ``score`` is the
 fraction of channels pruned. The figures report clean accuracy and the ASR
 of every known trigger on the evaluation set before, after pruning and after

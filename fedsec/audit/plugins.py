@@ -17,8 +17,10 @@ detector's parameters plus:
     owner auditing its own data).
 
 At the end of the run each writes ``<name>.md`` (printed by ``fedsec run``);
-Neural Cleanse also ``neural_cleanse.png`` (the reversed triggers) and
-fine-pruning ``fine_pruned.safetensors`` (the repaired model, loadable like
+Neural Cleanse also ``neural_cleanse.png`` (the reversed triggers) and, with
+``mitigate = "unlearn"`` on a flagged model, ``nc_unlearned.safetensors``
+(with ``every = k`` the unlearned model also replaces the aggregate), and
+fine-pruning ``fine_pruned.safetensors`` (the repaired models, loadable like
 ``model.safetensors``). ``bitflip_deploy`` (see
 :mod:`fedsec.audit.bitflip_deploy`) attacks the final model and, with
 ``compare``, the repaired models those plugins saved.
@@ -116,16 +118,48 @@ class NeuralCleansePlugin(NeuralCleanse, _When, _AuditPlugin):
         super().__post_init__()
         self._check_when(self.name)
 
+    def _run(self, target: AuditTarget) -> tuple[nn.Module | None, AuditResult]:
+        # with mitigate = "unlearn" a flagged global model is replaced by its unlearned copy
+        return self.repair(target)
+
     def _round_figures(self, res: AuditResult) -> dict[str, Any]:
-        return {"l1_norms": res.figures["l1_norms"]}
+        out: dict[str, Any] = {"l1_norms": res.figures["l1_norms"]}
+        m = res.figures.get("mitigation")
+        if m is not None:
+            out.update(unlearned=m["applied"], acc_after=m["after"]["acc"], asr_after=m["after"]["asr"])
+        return out
+
+    def _save(self, new: nn.Module | None, ctx: PluginContext, out: dict[str, Any]) -> None:
+        if new is None:
+            return
+        from fedsec.results import write_safetensors
+
+        meta = {"scenario": ctx.scenario.to_toml()} if ctx.scenario is not None else None
+        write_safetensors(Path(ctx.run_dir) / REPAIRED_FILES["neural_cleanse"], new.state_dict(), meta)
+        out["model_file"] = REPAIRED_FILES["neural_cleanse"]
 
     def _markdown(self, res: AuditResult) -> str:
         f = res.figures
         verdict = f"**flagged**: target class {res.target}" if res.flagged else "not flagged"
         norms = ", ".join(f"{v:.1f}" for v in f["l1_norms"])
-        return (f"### Neural Cleanse\n\n{verdict}; anomaly index {res.score:.2f} (threshold {f['threshold']}), "
+        text = (f"### Neural Cleanse\n\n{verdict}; anomaly index {res.score:.2f} (threshold {f['threshold']}), "
                 f"median L1 {f['median']:.2f}, MAD {f['mad']:.2f}\n\nreversed-trigger L1 norms per class: "
                 f"{norms}\n\nreversed triggers: {f.get('image', '(no run directory)')}\n")
+        m = f.get("mitigation")
+        if m is None:
+            return text
+        if not m["applied"]:
+            return text + "\nunlearning: not applied (model not flagged)\n"
+        asr = list(m["before"]["asr"])
+        lines = ["", f"unlearning the reversed trigger of class(es) {m['classes']}: {m['n_stamped']} of "
+                 f"{m['n_clean']} clean images stamped, true labels kept, "
+                 f"{f['params']['unlearn_epochs']} epochs; measured on {f['n_eval']}", "",
+                 "| model | clean acc | " + " | ".join(f"ASR {k}" for k in asr) + " |",
+                 "|---|---|" + "---|" * len(asr)]
+        for label in ("before", "after"):
+            lines.append(f"| {label} | {m[label]['acc']:.4f} | "
+                         + " | ".join(f"{m[label]['asr'][k]:.4f}" for k in asr) + " |")
+        return text + "\n".join(lines) + "\n"
 
 
 @register_plugin("fine_pruning")
@@ -170,6 +204,7 @@ class FinePruningPlugin(FinePruning, _When, _AuditPlugin):
 
 REPAIRED_FILES = {
     "fine_pruning": "fine_pruned.safetensors",
+    "neural_cleanse": "nc_unlearned.safetensors",
     "abd": "student_kd_abd.safetensors",
     "abd_kd": "student_kd.safetensors",
 }
@@ -190,7 +225,8 @@ class BitFlipDeploy(DeployAttack, Plugin):
 
     name: ClassVar[str] = "bitflip_deploy"
     compare: tuple[str, ...] = ()
-    """Also attack these plugins' saved models: 'fine_pruning', 'abd' (the KD+ABD student), 'abd_kd'."""
+    """Also attack these plugins' saved models: 'fine_pruning', 'neural_cleanse' (its unlearned model),
+    'abd' (the KD+ABD student), 'abd_kd'."""
     server_fraction: float = 0.5
     seed: int = 0
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from fedsec.audit import AuditTarget, get_detector
-from fedsec.audit.activation_clustering import split_class
+from fedsec.audit.activation_clustering import cluster_verdict, reduce_dims, split_class
 from fedsec.audit.frequency import FrequencyDetector, dct2, dct_matrix, idct2, random_blend, random_patch
-from fedsec.audit.spectral_signatures import remove_top
+from fedsec.audit.spectral_signatures import gaussian_tail_share, remove_top, tail_excess, tail_share
 from fedsec.data import TensorData
 
 D = 16
@@ -52,18 +53,74 @@ def test_two_means_split_separable_activations():
     assert res["silhouette"] > 0.3
 
 
-def test_ica_split_finds_the_planted_cluster_in_most_draws():
-    # FastICA returns unit-variance sources, so the planted shift no longer dominates by
-    # scale and 2-means sometimes splits a noise component instead: measured 7/10 draws
-    # at this size (PCA: 10/10). The paper's ICA pipeline is kept; this pins its rate.
-    exact = 0
+def test_split_of_two_points_is_hand_worked():
+    # 8 samples at the origin, 2 at (10, 0, ...): every sample sits on its cluster's centre,
+    # so a = 0, b = 10 and each silhouette is (b - a) / max(a, b) = 1
+    feats = torch.zeros(10, D)
+    feats[8:, 0] = 10.0
+    for method in ("pca", "ica"):
+        res = split_class(feats, dims=3, method=method, seed=0)
+        assert res["small"].tolist() == [False] * 8 + [True] * 2
+        assert res["relative_size"] == pytest.approx(0.2) and res["silhouette"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("rel, sil, expected", [
+    (0.10, 0.50, (True, True)),    # small and well separated: poisonous
+    (0.10, 0.30, (True, False)),   # small but a poor split (one blob cut unevenly)
+    (0.40, 0.90, (False, False)),  # well separated but too large to be the poison
+    (0.35, 0.90, (False, False)),  # the size test is strict: ART's percentages < threshold
+    (0.20, 0.42, (True, False)),   # so is the silhouette test
+])
+def test_cluster_verdict_is_arts_silhouette_rule(rel, sil, expected):
+    assert cluster_verdict(rel, sil, 0.35, 0.42) == expected
+
+
+def test_ica_is_a_rotation_of_the_whitened_principal_coordinates():
+    # why the paper's ICA behaves like whitened PCA under 2-means: same pairwise distances
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(120, D, generator=g) * torch.linspace(0.2, 3.0, D)
+    x[:15] += 2.0
+    xc = (x - x.mean(0)).double().numpy()
+    u, _, _ = np.linalg.svd(xc, full_matrices=False)
+    white = torch.from_numpy(u[:, :5] * math.sqrt(len(xc)))
+    ica = torch.from_numpy(reduce_dims(xc, 5, "ica", 0))
+    assert torch.allclose(torch.cdist(ica, ica), torch.cdist(white, white), atol=1e-6)
+    assert torch.allclose(ica.T @ ica / len(ica), torch.eye(5, dtype=torch.float64), atol=1e-6)  # unit variance
+
+
+def test_ica_recovers_a_planted_independent_source():
+    # 3 independent non-Gaussian sources (a skewed binary one: the "poison" indicator, two
+    # Laplace ones) mixed into D dimensions: FastICA unmixes the binary source, PCA does not
+    g = torch.Generator().manual_seed(5)
+    n = 600
+    binary = (torch.rand(n, generator=g) < 0.1).double()
+    lap = -torch.log(torch.rand(2, n, generator=g, dtype=torch.float64)) * torch.sign(
+        torch.rand(2, n, generator=g, dtype=torch.float64) - 0.5)  # Laplace(0, 1) by inversion
+    src = torch.stack([binary * 4.0, lap[0], lap[1]], 1)
+    mix = torch.randn(3, D, generator=g, dtype=torch.float64)
+    x = (src @ mix).numpy()
+
+    def best_corr(z):
+        z = torch.from_numpy(z)
+        c = torch.corrcoef(torch.cat([binary[None], z.T]))[0, 1:]
+        return float(c.abs().max())
+
+    assert best_corr(reduce_dims(x, 3, "ica", 0)) > 0.98
+    assert best_corr(reduce_dims(x, 3, "pca", 0)) < 0.95
+
+
+def test_whitening_ten_directions_loses_the_cluster_that_three_keep():
+    # the audit finding in miniature: 150 samples, 30 shifted; whitened to 10 components the
+    # shift has no more weight than 9 noise directions and 2-means often splits noise
+    found = {3: 0, 10: 0}
     for s in range(10):
         g = torch.Generator().manual_seed(s)
         x = torch.randn(150, D, generator=g)
-        x[:30] += 3.0
-        res = split_class(x, dims=10, method="ica", seed=s)
-        exact += int(res["small"][:30].all() and not res["small"][30:].any())
-    assert exact >= 6
+        x[:30] += 1.5
+        for dims in found:
+            res = split_class(x, dims=dims, method="ica", seed=s)
+            found[dims] += int(res["small"][:30].float().mean() > 0.9 and res["small"][30:].float().mean() < 0.05)
+    assert found[3] >= 9 and found[10] <= found[3] - 3, found
 
 
 def test_two_means_on_one_blob_has_low_silhouette():
@@ -72,19 +129,56 @@ def test_two_means_on_one_blob_has_low_silhouette():
     assert res["silhouette"] < 0.3
 
 
-def test_activation_clustering_removes_planted_cluster():
+def test_activation_clustering_flags_a_ten_percent_cluster():
+    data, bad = planted(n_bad=15, shift=2.0, classes=10)
+    r = get_detector("activation_clustering").audit(target_for(data, bad))
+    assert r.flagged and r.target == 0 and r.figures["flagged_classes"] == [0]
+    assert r.figures["recall"] == 1.0
+    assert r.score == pytest.approx(r.figures["per_class"]["0"]["silhouette"]) and r.score > 0.42
+
+
+def test_activation_clustering_does_not_flag_gaussian_blobs():
+    # the false-positive side: every label one Gaussian blob, several draws
+    for seed in range(5):
+        data, bad = planted(n_bad=0, classes=10, seed=seed)
+        r = get_detector("activation_clustering").audit(target_for(data, bad, seed=seed))
+        assert not r.flagged and r.target is None and r.score < 0.42
+        assert max(v["silhouette"] for v in r.figures["per_class"].values()) < 0.42
+
+
+def test_activation_clustering_filter_modes():
     data, bad = planted()
     r = get_detector("activation_clustering", reduce="pca").audit(target_for(data, bad))
     assert r.flagged and r.target == 0
     assert r.figures["recall"] == 1.0 and r.figures["clean_removed"] == 0.0
     assert r.figures["per_class"]["0"]["poisonous"] and not r.figures["per_class"]["1"]["poisonous"]
-    assert r.score == pytest.approx(1 - 30 / 150)
+    # the relative-size filter removes every small cluster, the silhouette filter only poisonous ones
+    r_size = get_detector("activation_clustering", silhouette_threshold=1.0).audit(target_for(data, bad))
+    r_sil = get_detector("activation_clustering", silhouette_threshold=1.0, analysis="silhouette").audit(
+        target_for(data, bad))
+    assert not r_size.flagged and r_size.figures["recall"] == 1.0
+    assert not r_sil.flagged and r_sil.figures["n_removed"] == 0
 
 
 def test_activation_clustering_silhouette_mode_spares_clean_labels():
     data, bad = planted(n_bad=0)
     r = get_detector("activation_clustering", analysis="silhouette", reduce="pca").audit(target_for(data, bad))
-    assert not r.flagged and r.figures["n_removed"] == 0 and r.score == 0.0
+    assert not r.flagged and r.figures["n_removed"] == 0
+
+
+@pytest.mark.parametrize("kw, field", [({"reduce": "tsne"}, "reduce"), ({"nb_dims": 0}, "nb_dims"),
+                                       ({"silhouette_threshold": 1.5}, "silhouette_threshold"),
+                                       ({"size_threshold": 0.6}, "size_threshold"), ({"analysis": "x"}, "analysis")])
+def test_activation_clustering_bad_params_name_the_field(kw, field):
+    with pytest.raises(ValueError, match=f"activation_clustering.{field}"):
+        get_detector("activation_clustering", **kw)
+
+
+def test_tail_share_hand_worked():
+    s = torch.arange(10.0)  # sum 45; eps 0.2 -> floor(3) = 3 largest: 9 + 8 + 7
+    assert tail_share(s, 0.2) == pytest.approx(24 / 45)
+    assert tail_share(s, 0.05) == 0.0  # floor(0.75) = 0 samples
+    assert tail_share(torch.zeros(10), 0.2) == 0.0
 
 
 def test_remove_top_counts_floor_of_one_and_a_half_eps():
@@ -101,22 +195,56 @@ def test_spectral_signatures_removes_planted_and_flags_target():
     assert r.figures["recall"] == 1.0
     assert r.figures["clean_removed"] == pytest.approx((330 - 20) / (1500 - 20))
     assert r.flagged and r.target == 0
-    shares = [r.figures["per_class"][str(c)]["top_share"] for c in range(10)]
-    assert shares[0] == max(shares)
+    shares = [r.figures["per_class"][str(c)]["tail_share"] for c in range(10)]
+    assert shares[0] == max(shares) and r.score > 0.4
+
+
+def test_spectral_signatures_does_not_flag_gaussian_labels():
+    for seed in range(5):
+        data, bad = planted(n_bad=0, classes=10, seed=seed)
+        r = get_detector("spectral_signatures").audit(target_for(data, bad))
+        assert not r.flagged and r.target is None and r.score < 0.4
+        assert abs(r.score) < 0.25  # Gaussian labels: the tail carries about what a Gaussian's does
 
 
 def test_spectral_signatures_never_flags_identical_labels():
-    # every label holds the same activations: equal shares, zero spread, index 0 everywhere
+    # every label holds the same activations: the MAD of any per-label statistic is 0, which
+    # made an outlier index flag them; the Gaussian-baseline excess does not
     data, bad = planted(n_bad=0, classes=10, same=True)
     r = get_detector("spectral_signatures", eps=0.1).audit(target_for(data, bad))
-    assert not r.flagged and r.target is None and r.score == 0.0
+    assert not r.flagged and r.target is None and r.score < 0.15
     assert r.figures["recall"] is None  # no poisons: recall undefined (null in JSON)
 
 
-def test_spectral_signatures_gives_no_verdict_on_few_labels():
-    data, bad = planted(n_bad=30, shift=3.0, classes=3)
+def test_spectral_signatures_flags_few_labels_too():
+    # 20 poisons in 150, eps 0.15 an upper bound on the fraction: floor(1.5 * 0.15 * 150) = 33 removed
+    data, bad = planted(n_bad=20, shift=3.0, classes=3)
     r = get_detector("spectral_signatures", eps=0.15).audit(target_for(data, bad))
-    assert not r.flagged and r.figures["recall"] == 1.0  # still filters every label
+    assert r.flagged and r.target == 0 and r.figures["recall"] == 1.0
+    # eps below the true fraction: the removed tail holds only part of the poisons' energy
+    r = get_detector("spectral_signatures", eps=0.05).audit(target_for(data, bad))
+    assert r.figures["recall"] < 0.6
+
+
+def test_gaussian_tail_share_matches_numerical_integration():
+    from scipy import integrate, stats
+
+    for q in (0.05, 0.15, 0.3, 0.6):
+        a = stats.norm.ppf(1 - q / 2)
+        ref = 2 * integrate.quad(lambda z: z * z * stats.norm.pdf(z), a, math.inf)[0]
+        assert gaussian_tail_share(q) == pytest.approx(ref, rel=1e-6)
+    assert gaussian_tail_share(0.15) == pytest.approx(0.557, abs=1e-3)
+    assert gaussian_tail_share(0.0) == 0.0 and gaussian_tail_share(1.0) == 1.0
+
+
+def test_tail_excess_hand_worked():
+    # 20 scores, eps 0.1 -> k = 3; three scores of 1, the rest 0: all energy in the tail
+    s = torch.zeros(20)
+    s[:3] = 1.0
+    assert tail_excess(s, 0.1) == pytest.approx(1.0)
+    base = gaussian_tail_share(3 / 20)
+    flat = torch.ones(20)  # tail 3/20 = q: less than a Gaussian's, negative excess
+    assert tail_excess(flat, 0.1) == pytest.approx((0.15 - base) / (1 - base))
 
 
 def test_data_detector_without_data_is_a_clear_error():

@@ -11,8 +11,12 @@ from fedsec.audit import AuditTarget, get_detector
 from fedsec.audit.bitflip_deploy import DeployAttack, progressive_bit_search, quantized_copy
 from fedsec.audit.features import last_conv
 from fedsec.audit.fine_pruning import FinePruning, prune_channels, pruning_order
-from fedsec.audit.neural_cleanse import NeuralCleanse, _Schedule, from_tanh, stamp, to_tanh
+from fedsec.audit.neural_cleanse import NeuralCleanse, _Schedule, _smallest, from_tanh, stamp, stamp_many, to_tanh
+from fedsec.audit.plugins import NeuralCleansePlugin
+from fedsec.audit.unlearning import unlearning_set
+from fedsec.data import TensorData
 from fedsec.metrics import accuracy, attack_success_rate
+from fedsec.plugins import PluginContext
 
 from .conftest import TARGET
 
@@ -55,12 +59,28 @@ def test_cost_schedule_follows_the_reference():
     assert s.step(False, 3.0)
 
 
+def test_stamp_many_is_stamp_per_trigger():
+    g = torch.Generator().manual_seed(0)
+    x, m, p = torch.rand(4, 3, 5, 5, generator=g), torch.rand(2, 5, 5, generator=g), torch.rand(2, 3, 5, 5, generator=g)
+    out = stamp_many(x, m, p)
+    assert out.shape == (2, 4, 3, 5, 5)
+    for k in range(2):
+        assert torch.allclose(out[k], stamp(x, m[k], p[k]))
+
+
+def test_restarts_keep_the_smallest_mask_that_reached_the_success_rate():
+    runs = [{"l1": 3.0, "reached": False}, {"l1": 5.0, "reached": True}, {"l1": 4.0, "reached": True}]
+    assert _smallest(runs)["l1"] == 4.0  # an unsuccessful smaller mask does not count
+    assert _smallest([{"l1": 7.0, "reached": False}, {"l1": 6.0, "reached": False}])["l1"] == 6.0
+
+
 def test_neural_cleanse_flags_backdoor_with_right_target(backdoored, split, eval_triggers, tmp_path):
     assert attack_success_rate(backdoored, split[1], eval_triggers["badnets"]) > 0.9
     before = copy.deepcopy(backdoored.state_dict())
     grads = [None if p.grad is None else p.grad.clone() for p in backdoored.parameters()]
-    res = NeuralCleanse(passes=25).audit(target(backdoored, split, eval_triggers, out_dir=tmp_path, prefix="x."))
+    res = NeuralCleanse(passes=40).audit(target(backdoored, split, eval_triggers, out_dir=tmp_path, prefix="x."))
     assert res.flagged and res.target == TARGET
+    assert "mitigation" not in res.figures  # detection only by default
     assert res.score > 2
     norms = res.figures["l1_norms"]
     assert norms[TARGET] == min(norms)
@@ -82,10 +102,79 @@ def test_reversed_trigger_sits_on_the_real_trigger(backdoored, split):
 
 
 @pytest.mark.parametrize("kw, field", [({"passes": 0}, "passes"), ({"cost_multiplier": 1.0}, "cost_multiplier"),
-                                       ({"attack_success": 1.5}, "attack_success"), ({"lr": -1}, "lr")])
+                                       ({"attack_success": 1.5}, "attack_success"), ({"lr": -1}, "lr"),
+                                       ({"step_samples": -1}, "step_samples"), ({"restarts": 0}, "restarts"),
+                                       ({"mitigate": "prune"}, "mitigate"),
+                                       ({"unlearn_fraction": 0}, "unlearn_fraction"),
+                                       ({"unlearn_epochs": 0}, "unlearn_epochs")])
 def test_neural_cleanse_bad_params_name_the_field(kw, field):
     with pytest.raises(ValueError, match=f"neural_cleanse.{field}"):
         NeuralCleanse(**kw)
+
+
+# -- Neural Cleanse's mitigation: unlearning --------------------------------------------------
+
+
+def test_unlearning_set_stamps_the_fraction_and_keeps_the_true_labels():
+    g = torch.Generator().manual_seed(0)
+    clean = TensorData(torch.rand(10, 1, 4, 4, generator=g) * 0.5, torch.arange(10))
+    x0 = clean.x.clone()
+    m1, m2 = torch.zeros(4, 4), torch.zeros(4, 4)
+    m1[0, 0], m2[3, 3] = 1.0, 1.0
+    pat = torch.ones(1, 4, 4)
+    data, stamped = unlearning_set(clean, [(m1, pat), (m2, pat)], 0.4, torch.Generator().manual_seed(1))
+    assert int(stamped.sum()) == 4
+    assert torch.equal(data.y, clean.y)  # true labels, never the target
+    assert torch.equal(clean.x, x0)  # input untouched
+    assert torch.equal(data.x[~stamped], x0[~stamped])
+    corner = data.x[stamped][:, 0]
+    first = corner[:, 0, 0] == 1.0
+    second = corner[:, 3, 3] == 1.0
+    assert int(first.sum()) == 2 and int(second.sum()) == 2 and not bool((first & second).any())  # dealt in turn
+    # a full mask with pattern 1 turns the image white; m = 0 leaves it as it was
+    full, st = unlearning_set(clean, [(torch.ones(4, 4), pat)], 0.3, torch.Generator().manual_seed(2))
+    assert int(st.sum()) == 3 and bool((full.x[st] == 1).all())
+    with pytest.raises(ValueError, match="fraction"):
+        unlearning_set(clean, [(m1, pat)], 1.5, g)
+
+
+@pytest.fixture(scope="module")
+def unlearned(backdoored, split, eval_triggers):
+    before = copy.deepcopy(backdoored.state_dict())
+    net, res = NeuralCleanse(passes=40, mitigate="unlearn").repair(target(backdoored, split, eval_triggers))
+    return before, net, res
+
+
+def test_unlearning_removes_the_backdoor_at_little_accuracy_cost(unlearned, backdoored, split):
+    before, net, res = unlearned
+    assert res.flagged and res.target == TARGET
+    m = res.figures["mitigation"]
+    assert m["applied"] and TARGET in m["classes"]
+    assert m["n_stamped"] == round(0.2 * len(split[0])) and m["n_clean"] == len(split[0])
+    assert m["before"]["asr"]["badnets"] > 0.9 and m["after"]["asr"]["badnets"] < 0.2  # the paper's direction
+    assert m["after"]["acc"] > m["before"]["acc"] - 0.05
+    assert net is not backdoored
+    assert all(torch.equal(before[k], v) for k, v in backdoored.state_dict().items())  # not modified in place
+
+
+def test_unflagged_or_detection_only_models_are_not_repaired(backdoored, split, eval_triggers):
+    net, res = NeuralCleanse(passes=2, mitigate="unlearn", threshold=1e6).repair(target(backdoored, split,
+                                                                                          eval_triggers))
+    m = res.figures["mitigation"]
+    assert net is None and not res.flagged and not m["applied"] and m["after"] == m["before"]
+    net, res = NeuralCleanse(passes=2).repair(target(backdoored, split, eval_triggers))
+    assert net is None and "mitigation" not in res.figures
+
+
+def test_plugin_option_unlearns_and_saves_the_repaired_model(backdoored, digits, eval_triggers, tmp_path):
+    ctx = PluginContext(scenario=None, test=digits.test, num_classes=10, in_shape=(1, 8, 8), run_dir=tmp_path,
+                        device=torch.device("cpu"), make_model=lambda: copy.deepcopy(backdoored),
+                        eval_triggers=eval_triggers)
+    out = NeuralCleansePlugin(passes=40, mitigate="unlearn").on_run_end(backdoored, ctx)
+    assert out["flagged"] and out["model_file"] == "nc_unlearned.safetensors"
+    assert (tmp_path / "nc_unlearned.safetensors").is_file()
+    assert out["figures"]["mitigation"]["after"]["asr"]["badnets"] < 0.2
+    assert "unlearning the reversed trigger of class(es) [0" in (tmp_path / "neural_cleanse.md").read_text()
 
 
 # -- fine-pruning -------------------------------------------------------------------------------

@@ -59,6 +59,7 @@ import math
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,7 @@ import torch
 
 import fedsec
 from fedsec.audit import AuditTarget, get_detector
+from fedsec.audit.features import channel_activity, last_conv
 from fedsec.audit.fine_pruning import FinePruning
 from fedsec.audit.frequency import FrequencyDetector
 from fedsec.audit.neural_cleanse import NeuralCleanse
@@ -93,7 +95,7 @@ def federation(args, seed: int, attacked: bool, out: Path, plugins: list[dict] |
         "name": f"audit-{'bd' if attacked else 'clean'}-{seed}",
         "data": {"dataset": args.dataset, "num_clients": args.num_clients, "partitioner": args.partitioner,
                  **({"partitioner_params": {"alpha": 1.0}} if args.partitioner == "dirichlet" else {})},
-        "model": {"name": "cnn"},
+        "model": {"name": "cnn", "params": dict(args.model_params)},
         "client": {"epochs": args.local_epochs, "batch_size": 32, "lr": 0.05},
         "server": {"rounds": args.rounds, "aggregator": "mean"},
         "attack": ([{"behaviour": "badnets", "partitions": list(range(args.attackers)),
@@ -119,12 +121,12 @@ def global_model(args, seed: int, attacked: bool, out: Path):
     path = None
     if args.model_cache:
         tag = (f"{args.dataset}-r{args.rounds}-n{args.num_clients}-a{args.attackers}-{args.partitioner}"
-               f"-e{args.local_epochs}-{'bd' if attacked else 'clean'}-{seed}.pt")
+               f"-e{args.local_epochs}{model_tag(args)}-{'bd' if attacked else 'clean'}-{seed}.pt")
         path = Path(args.model_cache) / tag
         if path.is_file():
             ds = load_dataset(args.dataset)
             with scoped_seed(seed, "audit-cache"):
-                model = build_model("cnn", in_shape=ds.in_shape, num_classes=ds.num_classes)
+                model = build_model("cnn", in_shape=ds.in_shape, num_classes=ds.num_classes, **args.model_params)
             model.load_state_dict(torch.load(path, weights_only=True))
             return model.eval()
     model = federation(args, seed, attacked, out).model.cpu().eval()
@@ -132,6 +134,11 @@ def global_model(args, seed: int, attacked: bool, out: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(model.state_dict(), path)
     return model
+
+
+def model_tag(args) -> str:
+    """'' for the default `cnn` (so caches made before --model-params stay valid), else '-width48...'."""
+    return "".join(f"-{k}{v}" for k, v in sorted(args.model_params.items()))
 
 
 def section_models(args, out: Path, figures: dict) -> None:
@@ -228,6 +235,7 @@ def prune_row(args, model, clean, ev, ds, seed, trig, attacked) -> dict:
     _, r = FinePruning(epochs=args.fp_epochs, lr=0.05).repair(audit_target(model, clean, ev, ds, seed,
                                                                           eval_triggers=trig))
     f = r.figures
+    row_pruned = list(f["pruned"])
     row.update(pruned=len(f["pruned"]), channels=f["channels"], before=f["before"], pruned_only=f["after_pruning"],
                fp_lr05=f["after_fine_tuning"])
     _, r = FinePruning(epochs=args.fp_epochs, lr=0.01).repair(audit_target(model, clean, ev, ds, seed,
@@ -240,7 +248,30 @@ def prune_row(args, model, clean, ev, ds, seed, trig, attacked) -> dict:
     # Liu et al.'s premise (backdoor neurons dormant on clean data): ASR with 90% of the channels gone
     _, r = FinePruning(prune_ratio=0.9, epochs=0).repair(audit_target(model, clean, ev, ds, seed, eval_triggers=trig))
     row["pruned90"] = r.figures["after_pruning"]
+    if attacked:
+        row["dormancy"] = trigger_dormancy(model, clean, ev, torch.tensor(row_pruned))
     return row
+
+
+def trigger_dormancy(model, clean, ev, pruned: torch.Tensor) -> dict:
+    """Liu et al.'s premise, measured: where in the clean-activation ranking the trigger's extra
+    activation lands. ``share``: fraction of the (positive) extra mean activation that the triggered
+    non-target evaluation images add in the last conv layer, carried by the channels the stop rule
+    pruned (the most dormant on clean data); ``rho``: Spearman correlation, over channels, of clean
+    activation and that extra activation (< 0: the trigger uses dormant channels)."""
+    conv = last_conv(model)[1]
+    x = ev.x[ev.y != TARGET]
+    a = channel_activity(model, conv, clean.x).double()
+    d = (channel_activity(model, conv, TRIGGER.apply(x)) - channel_activity(model, conv, x)).double().clamp_min(0)
+
+    def ranks(v: torch.Tensor) -> torch.Tensor:
+        return torch.argsort(torch.argsort(v, stable=True)).double()
+
+    ra, rd = ranks(a) - ranks(a).mean(), ranks(d) - ranks(d).mean()
+    rho = float((ra * rd).sum() / ((ra.square().sum() * rd.square().sum()).sqrt() + 1e-12))
+    half = torch.sort(a, stable=True).indices[: len(a) // 2]
+    return {"share": float(d[pruned].sum() / d.sum().clamp_min(1e-12)) if len(pruned) else 0.0,
+            "share_bottom_half": float(d[half].sum() / d.sum().clamp_min(1e-12)), "rho": rho}
 
 
 def fp_table(rows: list[dict]) -> str:
@@ -257,6 +288,14 @@ def fp_table(rows: list[dict]) -> str:
         lines.append("| mean | BadNets | | " + " | ".join(
             f"{pct(_mean([r[k]['acc'] for r in bd]))} / {pct(_mean([r[k]['asr']['badnets'] for r in bd]))}"
             for k in keys) + " |")
+    dm = [r for r in bd if "dormancy" in r]
+    if dm:
+        lines.append("")
+        lines.append("trigger's extra last-conv activation (BadNets models; share in the channels the stop rule "
+                     "pruned / in the clean-least-active half; Spearman rho of clean activation vs trigger's extra): "
+                     + "; ".join(f"seed {r['seed']}: {pct(r['dormancy']['share'])}% / "
+                                 f"{pct(r['dormancy']['share_bottom_half'])}%, rho {r['dormancy']['rho']:+.2f}"
+                                 for r in dm))
     return "\n".join(lines) + "\n"
 
 
@@ -508,7 +547,7 @@ def section_sanitize(args, out: Path, figures: dict) -> None:
             s = Scenario.from_dict({
                 "name": f"audit-sanitize-{seed}",
                 "data": {"dataset": args.dataset, "num_clients": 4, "partitioner": "iid"},
-                "model": {"name": "cnn"},
+                "model": {"name": "cnn", "params": dict(args.model_params)},
                 "client": {"epochs": args.local_epochs, "batch_size": 32, "lr": 0.05},
                 "server": {"rounds": args.rounds, "aggregator": "mean"},
                 "attack": [{**attack, "partitions": [0, 1]}],
@@ -539,6 +578,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-clients", type=int, default=10)
     ap.add_argument("--attackers", type=int, default=4, help="BadNets clients (partitions 0..k-1)")
     ap.add_argument("--partitioner", default="dirichlet", choices=["dirichlet", "iid"])
+    ap.add_argument("--model-params", default="{}",
+                    help="the `cnn`'s model.params as a TOML inline table, e.g. '{width = 32}' (last conv: 2 x width "
+                         "channels); federations and the model cache use it")
     ap.add_argument("--local-epochs", type=int, default=2)
     ap.add_argument("--nc-passes", type=int, default=1000, help="nc: most steps per class (early stop ends sooner)")
     ap.add_argument("--nc-step-samples", type=int, default=0,
@@ -569,6 +611,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     args.sections = set(args.sections.split(","))
+    try:
+        args.model_params = tomllib.loads(f"p = {args.model_params}")["p"]
+    except tomllib.TOMLDecodeError as e:
+        ap.error(f"--model-params: expected a TOML inline table such as '{{width = 32}}', got "
+                 f"{args.model_params!r} ({e})")
+    if not isinstance(args.model_params, dict):
+        ap.error(f"--model-params: expected a TOML inline table such as '{{width = 32}}', got {args.model_params!r}")
     torch.set_num_threads(1)
     figures: dict[str, Any] = {"args": {k: (sorted(v) if isinstance(v, set) else v) for k, v in vars(args).items()}}
     t0 = time.perf_counter()

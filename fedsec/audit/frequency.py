@@ -20,9 +20,15 @@ it scores every sample of ``target.data``; ``removed`` are those with
 P(triggered) > ``threshold`` (0.5, the paper's decision), or, with ``target_fpr``
 > 0, above the threshold that removes that fraction of held-out clean images
 (a calibration fedsec adds: trained on a few hundred images the classifier is
-well ranked but not calibrated). ``score`` is the fraction removed; the data is
-``flagged`` when it exceeds ``flag_fraction``; ``target`` is the most common
-label among the removed samples. The figures include the classifier's own
+well ranked but not calibrated). ``score`` is the fraction removed; ``target`` is
+the most common label among the removed samples. Verdict (``verdict``; the paper
+gives per-sample decisions only, the data-level verdict is fedsec's): ``excess``
+(default) flags the data when it loses more samples than the held-out clean
+images do, by a one-sided Fisher exact test at level ``alpha`` (so a clean set
+drawn like the defender's is flagged with probability about ``alpha``, whatever
+the classifier's own false-positive rate); ``fraction`` flags it when the removed
+fraction exceeds ``flag_fraction`` (no false-positive control: with a 5% per-sample
+rate about half of all clean sets exceed 5%). The figures include the classifier's own
 true/false positive rates on held-out clean images (``val_fraction`` of the
 clean set) with fresh self-made triggers. The audited model is not used.
 """
@@ -154,6 +160,11 @@ class FrequencyDetector(Detector):
     """If > 0: the threshold is instead the (1 - target_fpr) quantile of P(triggered) on the held-out
     clean images, so about this fraction of clean samples is removed (needs ``val_fraction`` > 0)."""
     flag_fraction: float = 0.05
+    """Verdict ``fraction``: flagged when more than this fraction of the data is removed."""
+    verdict: str = "excess"
+    """'excess' (Fisher exact test against the held-out clean images' removal rate) or 'fraction'."""
+    alpha: float = 0.01
+    """Verdict ``excess``: the test's level, the verdict's false-positive rate on clean data."""
 
     def __post_init__(self) -> None:
         fams = tuple(self.families) if isinstance(self.families, (list, tuple)) else self.families
@@ -183,6 +194,10 @@ class FrequencyDetector(Detector):
                     "0 when val_fraction is 0 (the calibration needs held-out clean images)")
         self._check(is_num(self.flag_fraction) and 0 <= self.flag_fraction < 1, "flag_fraction",
                     self.flag_fraction, "a number in [0, 1)")
+        self._check(self.verdict in ("excess", "fraction"), "verdict", self.verdict, "'excess' or 'fraction'")
+        self._check(self.verdict == "fraction" or self.val_fraction > 0, "verdict", self.verdict,
+                    "'fraction' when val_fraction is 0 (the test needs held-out clean images)")
+        self._check(is_num(self.alpha) and 0 < self.alpha < 1, "alpha", self.alpha, "a number in (0, 1)")
 
     def self_made(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """A triggered copy of every image, each with a family drawn uniformly from ``families``."""
@@ -227,22 +242,37 @@ class FrequencyDetector(Detector):
         clf = self.fit(train, g, target.device)
         figures: dict[str, Any] = {"n_train_clean": len(train), "n_val": n_val}
         threshold = self.threshold
+        val_removed = 0
         if n_val:
             p_clean, p_trig = clf.prob(val), clf.prob(self.self_made(val, g))
             if self.target_fpr > 0:
                 threshold = float(torch.quantile(p_clean.double(), 1 - self.target_fpr))
-            figures["val_fpr"] = float((p_clean > threshold).float().mean())
+            val_removed = int((p_clean > threshold).sum())
+            figures["val_fpr"] = val_removed / n_val
             figures["val_tpr"] = float((p_trig > threshold).float().mean())
         figures["threshold_used"] = threshold
         prob = clf.prob(data.x)
         removed = prob > threshold
         frac = float(removed.float().mean())
-        flagged = frac > self.flag_fraction
+        if self.verdict == "excess":
+            figures["p_value"] = excess_p_value(int(removed.sum()), len(removed), val_removed, n_val)
+            flagged = figures["p_value"] < self.alpha
+        else:
+            flagged = frac > self.flag_fraction
         suspect = int(torch.mode(data.y.cpu()[removed]).values) if flagged else None
         figures.update({"fraction_flagged": frac, **removal_figures(removed, target.poisoned),
                         "params": self.params()})
         return AuditResult(flagged=flagged, score=frac, target=suspect, figures=figures, detector=self.name)
 
 
-__all__ = ["FrequencyDetector", "SpectrumClassifier", "dct_matrix", "dct2", "idct2", "random_patch",
+def excess_p_value(k: int, n: int, v: int, m: int) -> float:
+    """One-sided Fisher exact p-value that the audited data's removal rate (``k`` of ``n``)
+    exceeds the clean held-out images' (``v`` of ``m``): small when the data loses more than
+    clean data would. Conditioning on the total removed makes it exact for small sets."""
+    from scipy.stats import fisher_exact
+
+    return float(fisher_exact([[k, n - k], [v, m - v]], alternative="greater").pvalue)
+
+
+__all__ = ["FrequencyDetector", "excess_p_value", "SpectrumClassifier", "dct_matrix", "dct2", "idct2", "random_patch",
            "random_blend"]

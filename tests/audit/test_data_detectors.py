@@ -316,7 +316,37 @@ def test_frequency_detector_flags_blended_data():
     assert r.figures["recall"] >= 0.9 and r.figures["clean_removed"] <= 0.1
 
 
+def test_frequency_excess_test_worked_by_hand():
+    from fedsec.audit.frequency import excess_p_value
+
+    # all 5 audited removed, none of 5 clean: the one table of 10 choose 5 at least this extreme
+    assert excess_p_value(5, 5, 0, 5) == pytest.approx(1 / 252)
+    assert excess_p_value(0, 50, 3, 40) == 1.0  # removing nothing is never an excess
+    # the same rate on both sides is no evidence
+    assert excess_p_value(5, 100, 2, 40) > 0.3
+
+
+def test_frequency_verdict_does_not_flag_clean_data_like_the_defenders():
+    """Clean audited data from the defender's distribution: the per-sample decisions remove
+    some of it (the classifier's own false positives), but not more than held-out clean images
+    lose, so the Fisher verdict does not fire where the fraction verdict may."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(400, 1, 8, 8, generator=g) * 0.2 + torch.linspace(0, 0.8, 8)[None, None, None, :]
+    flagged = []
+    for seed in range(3):
+        tgt = AuditTarget(model=nn.Linear(1, 1), clean=TensorData(x[:200], torch.zeros(200, dtype=torch.long)),
+                          data=TensorData(x[200 + 60 * seed: 260 + 60 * seed], torch.zeros(60, dtype=torch.long)),
+                          poisoned=torch.zeros(60, dtype=torch.bool), num_classes=2, in_shape=(1, 8, 8),
+                          generator=torch.Generator().manual_seed(seed))
+        r = FrequencyDetector(epochs=4, copies=1, target_fpr=0.1).audit(tgt)
+        assert 0 <= r.figures["p_value"] <= 1
+        flagged.append(r.flagged)
+    assert not any(flagged)
+
+
 @pytest.mark.parametrize("kw, field", [({"families": ["wave"]}, "families"), ({"blend_alpha": [0.5, 0.1]}, "blend_alpha"),
+                                       ({"verdict": "vote"}, "verdict"), ({"alpha": 0.0}, "alpha"),
+                                       ({"val_fraction": 0.0}, "verdict"),
                                        ({"threshold": 1.0}, "threshold"), ({"target_fpr": 0.1, "val_fraction": 0.0},
                                                                            "target_fpr")])
 def test_frequency_bad_params_name_the_field(kw, field):

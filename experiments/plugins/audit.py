@@ -329,7 +329,8 @@ DATA_DETECTORS = {
     "AC pca 10 dims, sil > 0.42": ("activation_clustering", {"reduce": "pca", "nb_dims": 10}),
     "SS eps=0.1": ("spectral_signatures", {"eps": 0.1}),
     "SS eps=0.3": ("spectral_signatures", {"eps": 0.3}),
-    "frequency": ("frequency", {"target_fpr": 0.05}),
+    "frequency, fraction verdict": ("frequency", {"target_fpr": 0.05, "verdict": "fraction"}),
+    "frequency, Fisher verdict": ("frequency", {"target_fpr": 0.05}),
 }
 RETRAINED = ("AC default: ica 3 dims, sil > 0.42", "SS eps=0.3")
 

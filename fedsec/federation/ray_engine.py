@@ -177,17 +177,17 @@ class ActorPool:
             # A replacement still starting runs its attach before any work: no need to wait on it.
             _ray().get([c for slot, c in enumerate(calls) if self.ready(slot)])
 
-    def run(self, messages: list[Message], contexts: list[Context], on_reply=None) -> list[Message]:
+    def plan(self, messages: list[Message], contexts: list[Context]) -> tuple[dict[int, Any], list[list[int]]]:
+        """(object-store ref per distinct payload, work items as lists of message indices)."""
         from fedsec.federation.arrays import in_memory_content
         from fedsec.federation.vectorized import plan_chunks, spread
 
-        ray = _ray()
         # One object-store copy of each distinct payload (FedAvg sends the same RecordDict to
         # all), its arrays decoded once here: they travel as ndarrays, not .npy bytes.
         refs: dict[int, Any] = {}
         for m in messages:
             if id(m.content) not in refs:
-                refs[id(m.content)] = ray.put(in_memory_content(m.content))
+                refs[id(m.content)] = _ray().put(in_memory_content(m.content))
         # Work items, each one actor call: with run.vectorize one chunk of vectorizable
         # clients per actor (trained together there); the other messages in DEPTH chunks
         # per actor, run one by one inside, since a Ray call costs a few milliseconds of
@@ -197,6 +197,11 @@ class ActorPool:
         items: list[list[int]] = list(chunks)
         for group in _by_payload(messages, rest):
             items += spread(messages, contexts, group, self.DEPTH * len(self.actors))
+        return refs, items
+
+    def run(self, messages: list[Message], contexts: list[Context], on_reply=None) -> list[Message]:
+        ray = _ray()
+        refs, items = self.plan(messages, contexts)
         replies: list[Message | None] = [None] * len(messages)
         pending = list(range(len(items)))
         running: dict[Any, tuple[int, int]] = {}  # ref -> (item index, actor slot)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -332,7 +333,7 @@ def test_frequency_verdict_does_not_flag_clean_data_like_the_defenders():
     lose, so the Fisher verdict does not fire where the fraction verdict may."""
     g = torch.Generator().manual_seed(0)
     x = torch.rand(400, 1, 8, 8, generator=g) * 0.2 + torch.linspace(0, 0.8, 8)[None, None, None, :]
-    flagged = []
+    flagged, by_fraction = [], []
     for seed in range(3):
         tgt = AuditTarget(model=nn.Linear(1, 1), clean=TensorData(x[:200], torch.zeros(200, dtype=torch.long)),
                           data=TensorData(x[200 + 60 * seed: 260 + 60 * seed], torch.zeros(60, dtype=torch.long)),
@@ -341,7 +342,10 @@ def test_frequency_verdict_does_not_flag_clean_data_like_the_defenders():
         r = FrequencyDetector(epochs=4, copies=1, target_fpr=0.1).audit(tgt)
         assert 0 <= r.figures["p_value"] <= 1
         flagged.append(r.flagged)
+        by_fraction.append(FrequencyDetector(epochs=4, copies=1, target_fpr=0.1, verdict="fraction").audit(
+            dataclasses.replace(tgt, generator=torch.Generator().manual_seed(seed))).flagged)
     assert not any(flagged)
+    assert all(by_fraction)  # the same removals, judged against a fixed 5%: every clean draw flagged
 
 
 @pytest.mark.parametrize("kw, field", [({"families": ["wave"]}, "families"), ({"blend_alpha": [0.5, 0.1]}, "blend_alpha"),

@@ -40,7 +40,9 @@ there the trigger's extra activation goes to channels the clean images use
 pruned the ASR stays at 96-99% in 3 of 5 models while accuracy falls to 36%, so
 no stop rule and no clean-set size rescues pruning, and fine-tuning on a few
 hundred images does not unlearn a trigger it never sees. On 8x8 digits (black background) pruning
-alone also leaves the backdoor, but pruning then fine-tuning removes it.
+alone also leaves the backdoor, but pruning then fine-tuning removes it. Ranking by what a
+reversed trigger excites instead (Neural Cleanse's ``mitigate = "prune"``,
+:mod:`fedsec.audit.neuron_pruning`) does remove the ``digits_scenes`` backdoor.
 
 It is a repair, not a test: ``flagged`` is always False and ``score`` is the
 fraction of channels pruned. The figures report clean accuracy and the ASR

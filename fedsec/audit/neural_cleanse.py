@@ -45,18 +45,33 @@ being an outlier under a normal model), and that class is the suspected
 target. Only classes below the median count (the reference ignores large
 norms).
 
+That threshold is the paper's, but it is applied to the *smallest* of C
+indices, and under the paper's own model (C i.i.d. normal norms, no outlier)
+the smallest exceeds 2 in 33% of draws for C = 10 (64% for 43 classes): the
+paper's "2 = 95%" holds for one value chosen in advance. The figures always
+give ``p_value_min``, the probability under that null that the smallest index
+is at least the one observed (:func:`fedsec.audit.stats.min_index_p_value`),
+and ``calibrate_fpr`` > 0 replaces the threshold with the null's (1 -
+``calibrate_fpr``) quantile (3.89 for C = 10 at 5%), which gives the test the
+stated false-positive rate under that model at the cost of power
+(``experiments/plugins/audit.md`` has both verdicts).
+
 ``score`` is that anomaly index. The figures give every class's norm and
 index, the classes above the threshold, the reversed triggers' own success
 rates and the steps each class ran; the triggers are drawn to
 ``<prefix>neural_cleanse.png`` (mask and mask * pattern per class) when the
 target has an ``out_dir``.
 
-Mitigation (Sec. VI-C), with ``mitigate = "unlearn"``: when the model is
-flagged, :meth:`NeuralCleanse.repair` fine-tunes a copy on the clean set with
-``unlearn_fraction`` (the paper's 20%) of the images stamped with the flagged
-classes' reversed triggers and their true labels (:mod:`fedsec.audit.unlearning`)
-and reports clean accuracy and the ASR of every known trigger before and
-after, on the evaluation set. An unflagged model is returned unchanged.
+Mitigation, when the model is flagged (an unflagged model is returned
+unchanged). ``mitigate = "unlearn"`` (Sec. VI-C): :meth:`NeuralCleanse.repair`
+fine-tunes a copy on the clean set with ``unlearn_fraction`` (the paper's 20%)
+of the images stamped with the flagged classes' reversed triggers and their
+true labels (:mod:`fedsec.audit.unlearning`). ``mitigate = "prune"`` (Sec.
+VI-B): removes the penultimate neurons the reversed triggers excite most,
+until the model no longer answers them (``prune_stop_success``) or
+``prune_max_fraction`` of the layer is gone (:mod:`fedsec.audit.neuron_pruning`).
+Either way the figures report clean accuracy and the ASR of every known
+trigger before and after, on the evaluation set.
 """
 
 from __future__ import annotations
@@ -72,10 +87,11 @@ from torch import nn
 
 from fedsec.audit.base import AuditResult, AuditTarget, Detector, is_int, is_num, register_detector
 from fedsec.audit.features import acc_and_asr
-from fedsec.audit.stats import anomaly_index, mad, median
+from fedsec.audit.neuron_pruning import prune_reversed
+from fedsec.audit.stats import anomaly_index, mad, median, min_index_p_value, min_index_threshold
 from fedsec.audit.unlearning import unlearn, unlearning_set
 
-MITIGATIONS = ("none", "unlearn")
+MITIGATIONS = ("none", "unlearn", "prune")
 
 TANH_EPS = 1e-7
 """The reference's ``K.epsilon()``: keeps ``arctanh`` of the initial 0/1 values finite."""
@@ -181,6 +197,10 @@ class NeuralCleanse(Detector):
     """Success rate (fraction of stamped clean images classified as the label) a kept trigger needs."""
     threshold: float = 2.0
     """Anomaly index above which the smallest-norm class is an outlier (the paper's 2)."""
+    calibrate_fpr: float = 0.0
+    """If > 0: ignore ``threshold`` and flag when the smallest index exceeds what the smallest of
+    C i.i.d. normal norms exceeds with this probability (the test's false-positive rate under the
+    paper's own normal model; 0 = the paper's fixed threshold)."""
     restarts: int = 1
     """Independent random initialisations per class; the smallest successful mask is kept."""
     max_samples: int = 0
@@ -196,6 +216,12 @@ class NeuralCleanse(Detector):
     unlearn_lr: float = 0.01
     """SGD learning rate of the unlearning fine-tuning."""
     unlearn_momentum: float = 0.9
+    prune_stop_success: float = 0.05
+    """``mitigate = "prune"``: stop once the reversed triggers succeed on at most this fraction of
+    the clean images not already of their class (the paper's "no longer responsive")."""
+    prune_max_fraction: float = 0.3
+    """``mitigate = "prune"``: never prune more than this fraction of the penultimate layer (the
+    paper's ~30%, ART's cap)."""
 
     def __post_init__(self) -> None:
         for f, lo in (("passes", 1), ("batch_size", 1), ("patience", 1), ("early_stop_patience", 1),
@@ -212,6 +238,12 @@ class NeuralCleanse(Detector):
         self._check(is_num(self.attack_success) and 0 < self.attack_success <= 1, "attack_success",
                     self.attack_success, "a number in (0, 1]")
         self._check(is_num(self.threshold) and self.threshold > 0, "threshold", self.threshold, "a number > 0")
+        self._check(is_num(self.calibrate_fpr) and 0 <= self.calibrate_fpr < 1, "calibrate_fpr",
+                    self.calibrate_fpr, "a number in [0, 1) (0 = the fixed threshold)")
+        self._check(is_num(self.prune_stop_success) and 0 <= self.prune_stop_success < 1, "prune_stop_success",
+                    self.prune_stop_success, "a number in [0, 1)")
+        self._check(is_num(self.prune_max_fraction) and 0 < self.prune_max_fraction <= 1, "prune_max_fraction",
+                    self.prune_max_fraction, "a number in (0, 1]")
         self._check(self.mitigate in MITIGATIONS, "mitigate", self.mitigate, f"one of {MITIGATIONS}")
         self._check(is_num(self.unlearn_fraction) and 0 < self.unlearn_fraction <= 1, "unlearn_fraction",
                     self.unlearn_fraction, "a number in (0, 1]")
@@ -326,14 +358,20 @@ class NeuralCleanse(Detector):
         return self.repair(target)[1]
 
     def repair(self, target: AuditTarget) -> tuple[nn.Module | None, AuditResult]:
-        """(the unlearned copy of ``target.model``, or None when nothing was repaired; the verdict).
+        """(the repaired copy of ``target.model``, or None when nothing was repaired; the verdict).
 
-        With ``mitigate = "unlearn"`` the verdict's figures carry ``mitigation``: clean accuracy
-        and ASR (every trigger of ``target.eval_triggers``) on the evaluation set before and
-        after, the classes unlearned and how many clean images were stamped.
+        With ``mitigate`` other than ``"none"`` the verdict's figures carry ``mitigation``: clean
+        accuracy and ASR (every trigger of ``target.eval_triggers``) on the evaluation set before
+        and after, the classes treated and what the mitigation did (images stamped; neurons
+        pruned and the reversed triggers' success along the way).
         """
         per_class, n_clean = self.triggers(target)
-        res = self.verdict(per_class, n_clean, target)
+        return self.mitigation(target, per_class, self.verdict(per_class, n_clean, target))
+
+    def mitigation(self, target: AuditTarget, per_class: list[dict[str, Any]],
+                   res: AuditResult) -> tuple[nn.Module | None, AuditResult]:
+        """:meth:`repair` once the triggers are reversed and the verdict given: ``mitigate`` applied
+        to the flagged classes (so one reversal can be followed by either mitigation)."""
         if self.mitigate == "none":
             return None, res
         triggers = dict(target.eval_triggers)
@@ -344,18 +382,35 @@ class NeuralCleanse(Detector):
         if not classes:
             mitigation.update(applied=False, after=before, n_stamped=0)
         else:
-            data, stamped = unlearning_set(target.clean, [(per_class[c]["mask"], per_class[c]["pattern"])
-                                                          for c in classes], self.unlearn_fraction, target.generator)
-            net = unlearn(target.model, data, epochs=self.unlearn_epochs, lr=self.unlearn_lr,
-                          momentum=self.unlearn_momentum, weight_decay=0.0, batch_size=self.batch_size,
-                          generator=target.generator, device=target.device)
+            net, done = (self._unlearn if self.mitigate == "unlearn" else self._prune)(target, per_class, classes)
             after = acc_and_asr(net, target.eval_set, triggers)
-            mitigation.update(applied=True, after=after, n_stamped=int(stamped.sum()), n_clean=len(data),
-                              acc_cost=before["acc"] - after["acc"],
+            mitigation.update(applied=True, after=after, **done, acc_cost=before["acc"] - after["acc"],
                               asr_reduction={k: before["asr"][k] - after["asr"][k] for k in triggers})
         figures = {**res.figures, "mitigation": mitigation, "n_eval": len(target.eval_set)}
         return net, AuditResult(flagged=res.flagged, score=res.score, target=res.target, figures=figures,
                                 detector=self.name)
+
+    def _unlearn(self, target: AuditTarget, per_class: list[dict[str, Any]],
+                 classes: list[int]) -> tuple[nn.Module, dict[str, Any]]:
+        data, stamped = unlearning_set(target.clean, [(per_class[c]["mask"], per_class[c]["pattern"])
+                                                      for c in classes], self.unlearn_fraction, target.generator)
+        net = unlearn(target.model, data, epochs=self.unlearn_epochs, lr=self.unlearn_lr,
+                      momentum=self.unlearn_momentum, weight_decay=0.0, batch_size=self.batch_size,
+                      generator=target.generator, device=target.device)
+        return net, {"n_stamped": int(stamped.sum()), "n_clean": len(data)}
+
+    def _prune(self, target: AuditTarget, per_class: list[dict[str, Any]],
+               classes: list[int]) -> tuple[nn.Module, dict[str, Any]]:
+        x, y = target.clean.x, target.clean.y.cpu()
+        stamped, aims = [], []
+        for c in classes:  # images already of class c say nothing about the trigger
+            rows = x[y != c]
+            stamped.append(stamp(rows, per_class[c]["mask"].to(rows.dtype), per_class[c]["pattern"].to(rows.dtype)))
+            aims.append(torch.full((len(rows),), c, dtype=torch.long))
+        model = copy.deepcopy(target.model).to(target.device).eval()
+        net, figures = prune_reversed(model, x, torch.cat(stamped), torch.cat(aims),
+                                      stop_success=self.prune_stop_success, max_fraction=self.prune_max_fraction)
+        return net, figures
 
     def verdict(self, per_class: list[dict[str, Any]], n_clean: int, target: AuditTarget) -> AuditResult:
         """The MAD outlier test on the reversed triggers' L1 norms (and the figure)."""
@@ -363,7 +418,9 @@ class NeuralCleanse(Detector):
         index = anomaly_index(norms, side="low")
         suspect = int(torch.argmin(norms))
         score = float(index[suspect])
-        flagged_classes = [c for c in range(len(per_class)) if float(index[c]) > self.threshold]
+        threshold = (min_index_threshold(len(norms), self.calibrate_fpr) if self.calibrate_fpr > 0
+                     else self.threshold)
+        flagged_classes = [c for c in range(len(per_class)) if float(index[c]) > threshold]
         figures: dict[str, Any] = {
             "l1_norms": norms.tolist(),
             "anomaly_index_per_class": index.tolist(),
@@ -371,7 +428,8 @@ class NeuralCleanse(Detector):
             "median": float(median(norms)),
             "mad": float(mad(norms)),
             "flagged_classes": flagged_classes,
-            "threshold": self.threshold,
+            "threshold": threshold,
+            "p_value_min": min_index_p_value(score, len(norms)) if len(norms) >= 3 else float("nan"),
             "reversed_success": [r["success"] for r in per_class],
             "reached": [r["reached"] for r in per_class],
             "passes": [r["passes"] for r in per_class],
@@ -380,10 +438,10 @@ class NeuralCleanse(Detector):
         }
         path = target.file("neural_cleanse.png")
         if path is not None:
-            draw_triggers(path, per_class, norms.tolist(), index.tolist(), suspect, score > self.threshold)
+            draw_triggers(path, per_class, norms.tolist(), index.tolist(), suspect, score > threshold)
             figures["image"] = path.name
-        return AuditResult(flagged=score > self.threshold, score=score,
-                           target=suspect if score > self.threshold else None, figures=figures,
+        return AuditResult(flagged=score > threshold, score=score,
+                           target=suspect if score > threshold else None, figures=figures,
                            detector=self.name)
 
 

@@ -18,8 +18,9 @@ detector's parameters plus:
 
 At the end of the run each writes ``<name>.md`` (printed by ``fedsec run``);
 Neural Cleanse also ``neural_cleanse.png`` (the reversed triggers) and, with
-``mitigate = "unlearn"`` on a flagged model, ``nc_unlearned.safetensors``
-(with ``every = k`` the unlearned model also replaces the aggregate), and
+``mitigate = "unlearn"`` (or ``"prune"``) on a flagged model,
+``nc_unlearned.safetensors`` (``nc_pruned.safetensors``; with ``every = k`` the
+repaired model also replaces the aggregate), and
 fine-pruning ``fine_pruned.safetensors`` (the repaired models, loadable like
 ``model.safetensors``). ``bitflip_deploy`` (see
 :mod:`fedsec.audit.bitflip_deploy`) attacks the final model and, with
@@ -119,14 +120,14 @@ class NeuralCleansePlugin(NeuralCleanse, _When, _AuditPlugin):
         self._check_when(self.name)
 
     def _run(self, target: AuditTarget) -> tuple[nn.Module | None, AuditResult]:
-        # with mitigate = "unlearn" a flagged global model is replaced by its unlearned copy
+        # with mitigate = "unlearn" / "prune" a flagged global model is replaced by its repaired copy
         return self.repair(target)
 
     def _round_figures(self, res: AuditResult) -> dict[str, Any]:
         out: dict[str, Any] = {"l1_norms": res.figures["l1_norms"]}
         m = res.figures.get("mitigation")
         if m is not None:
-            out.update(unlearned=m["applied"], acc_after=m["after"]["acc"], asr_after=m["after"]["asr"])
+            out.update(repaired=m["applied"], mitigation=m["method"], acc_after=m["after"]["acc"], asr_after=m["after"]["asr"])
         return out
 
     def _save(self, new: nn.Module | None, ctx: PluginContext, out: dict[str, Any]) -> None:
@@ -135,8 +136,9 @@ class NeuralCleansePlugin(NeuralCleanse, _When, _AuditPlugin):
         from fedsec.results import write_safetensors
 
         meta = {"scenario": ctx.scenario.to_toml()} if ctx.scenario is not None else None
-        write_safetensors(Path(ctx.run_dir) / REPAIRED_FILES["neural_cleanse"], new.state_dict(), meta)
-        out["model_file"] = REPAIRED_FILES["neural_cleanse"]
+        key = "neural_cleanse" if self.mitigate == "unlearn" else "neural_cleanse_pruned"
+        write_safetensors(Path(ctx.run_dir) / REPAIRED_FILES[key], new.state_dict(), meta)
+        out["model_file"] = REPAIRED_FILES[key]
 
     def _markdown(self, res: AuditResult) -> str:
         f = res.figures
@@ -149,11 +151,18 @@ class NeuralCleansePlugin(NeuralCleanse, _When, _AuditPlugin):
         if m is None:
             return text
         if not m["applied"]:
-            return text + "\nunlearning: not applied (model not flagged)\n"
+            return text + f"\n{m['method']}: not applied (model not flagged)\n"
         asr = list(m["before"]["asr"])
-        lines = ["", f"unlearning the reversed trigger of class(es) {m['classes']}: {m['n_stamped']} of "
-                 f"{m['n_clean']} clean images stamped, true labels kept, "
-                 f"{f['params']['unlearn_epochs']} epochs; measured on {f['n_eval']}", "",
+        if m["method"] == "unlearn":
+            how = (f"unlearning the reversed trigger of class(es) {m['classes']}: {m['n_stamped']} of "
+                   f"{m['n_clean']} clean images stamped, true labels kept, "
+                   f"{f['params']['unlearn_epochs']} epochs")
+        else:
+            how = (f"pruning the penultimate neurons the reversed trigger of class(es) {m['classes']} excites: "
+                   f"{len(m['pruned'])} of {m['neurons']} pruned (stopped: {m['stopped']}; reversed-trigger "
+                   f"success {m['reversed_success_curve'][0]:.3f} -> "
+                   f"{m['reversed_success_curve'][len(m['pruned'])]:.3f})")
+        lines = ["", f"{how}; measured on {f['n_eval']}", "",
                  "| model | clean acc | " + " | ".join(f"ASR {k}" for k in asr) + " |",
                  "|---|---|" + "---|" * len(asr)]
         for label in ("before", "after"):
@@ -205,6 +214,7 @@ class FinePruningPlugin(FinePruning, _When, _AuditPlugin):
 REPAIRED_FILES = {
     "fine_pruning": "fine_pruned.safetensors",
     "neural_cleanse": "nc_unlearned.safetensors",
+    "neural_cleanse_pruned": "nc_pruned.safetensors",
     "abd": "student_kd_abd.safetensors",
     "abd_kd": "student_kd.safetensors",
 }
@@ -226,6 +236,7 @@ class BitFlipDeploy(DeployAttack, Plugin):
     name: ClassVar[str] = "bitflip_deploy"
     compare: tuple[str, ...] = ()
     """Also attack these plugins' saved models: 'fine_pruning', 'neural_cleanse' (its unlearned model),
+    'neural_cleanse_pruned',
     'abd' (the KD+ABD student), 'abd_kd'."""
     server_fraction: float = 0.5
     seed: int = 0

@@ -12,6 +12,8 @@ from fedsec.audit.bitflip_deploy import DeployAttack, progressive_bit_search, qu
 from fedsec.audit.features import last_conv
 from fedsec.audit.fine_pruning import FinePruning, prune_channels, pruning_order
 from fedsec.audit.neural_cleanse import NeuralCleanse, _Schedule, _smallest, from_tanh, stamp, stamp_many, to_tanh
+from fedsec.audit.neuron_pruning import activation_gap, prune_head_inputs, success_curve
+from fedsec.audit.neuron_pruning import pruning_order as gap_order
 from fedsec.audit.plugins import NeuralCleansePlugin
 from fedsec.audit.unlearning import unlearning_set
 from fedsec.data import TensorData
@@ -104,7 +106,10 @@ def test_reversed_trigger_sits_on_the_real_trigger(backdoored, split):
 @pytest.mark.parametrize("kw, field", [({"passes": 0}, "passes"), ({"cost_multiplier": 1.0}, "cost_multiplier"),
                                        ({"attack_success": 1.5}, "attack_success"), ({"lr": -1}, "lr"),
                                        ({"step_samples": -1}, "step_samples"), ({"restarts": 0}, "restarts"),
-                                       ({"mitigate": "prune"}, "mitigate"),
+                                       ({"mitigate": "retrain"}, "mitigate"),
+                                       ({"calibrate_fpr": 1.0}, "calibrate_fpr"),
+                                       ({"prune_max_fraction": 0}, "prune_max_fraction"),
+                                       ({"prune_stop_success": -0.1}, "prune_stop_success"),
                                        ({"unlearn_fraction": 0}, "unlearn_fraction"),
                                        ({"unlearn_epochs": 0}, "unlearn_epochs")])
 def test_neural_cleanse_bad_params_name_the_field(kw, field):
@@ -175,6 +180,87 @@ def test_plugin_option_unlearns_and_saves_the_repaired_model(backdoored, digits,
     assert (tmp_path / "nc_unlearned.safetensors").is_file()
     assert out["figures"]["mitigation"]["after"]["asr"]["badnets"] < 0.2
     assert "unlearning the reversed trigger of class(es) [0" in (tmp_path / "neural_cleanse.md").read_text()
+
+
+def _per_class(norms):
+    return [{"l1": v, "success": 1.0, "reached": True, "passes": 10, "mask": torch.zeros(8, 8),
+             "pattern": torch.zeros(1, 8, 8)} for v in norms]
+
+
+def test_calibrated_verdict_controls_the_minimum_of_c(backdoored, split, eval_triggers):
+    # norms sorted: 7, 9, 9.5, 10, 10, 10.5, 10.8, 11, 11.5, 12 -> median 10.25;
+    # |x - 10.25|: 3.25 1.25 .75 .25 .25 .25 .55 .75 1.25 1.75 -> median .75, MAD 1.11195;
+    # index of the 7: 3.25 / 1.11195 = 2.923: above the paper's 2, below the 5%-calibrated 3.89
+    norms = [10.0, 7.0, 10.5, 11.0, 9.5, 12.0, 10.0, 9.0, 11.5, 10.8]
+    t = target(backdoored, split, eval_triggers)
+    paper = NeuralCleanse().verdict(_per_class(norms), 100, t)
+    calibrated = NeuralCleanse(calibrate_fpr=0.05).verdict(_per_class(norms), 100, t)
+    assert paper.score == pytest.approx(3.25 / (1.4826 * 0.75))
+    assert paper.flagged and paper.target == 1 and paper.figures["threshold"] == 2.0
+    assert not calibrated.flagged and calibrated.target is None
+    assert calibrated.figures["threshold"] == pytest.approx(3.89, abs=0.05)
+    assert 0.08 < paper.figures["p_value_min"] < 0.16 and paper.figures["p_value_min"] == calibrated.figures[
+        "p_value_min"]
+    # a shortcut far below the rest is flagged either way
+    norms[1] = 3.0
+    strong = NeuralCleanse(calibrate_fpr=0.05).verdict(_per_class(norms), 100, t)
+    assert strong.flagged and strong.target == 1 and strong.figures["p_value_min"] < 0.01
+
+
+# -- Neural Cleanse's mitigation: pruning neurons by the reversed trigger ----------------------
+
+
+def test_activation_gap_and_its_order_hand_worked():
+    clean = torch.tensor([[1.0, 0.0, 2.0], [3.0, 0.0, 2.0]])  # mean 2, 0, 2
+    trig = torch.tensor([[2.0, 5.0, 3.0], [2.0, 7.0, 1.0]])  # mean 2, 6, 2
+    assert activation_gap(clean, trig).tolist() == [0.0, 6.0, 0.0]
+    assert gap_order(torch.tensor([0.0, 6.0, 6.0, -1.0])).tolist() == [1, 2, 0, 3]  # largest first, stable
+    with pytest.raises(ValueError, match="activation_gap"):
+        activation_gap(clean, trig[:, :2])
+
+
+def test_success_curve_hand_worked():
+    # class 1 listens only to neuron 0 (the "trigger neuron"); class 0 to neurons 1 and 2
+    w = torch.tensor([[0.0, 1.0, 1.0], [5.0, 0.0, 0.0]])
+    feats = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.1, 1.0, 0.0]])
+    # logits (class 0, class 1): (1, 5), (1, 5), (1, 0.5) -> 2 of 3 rows reach class 1;
+    # without neuron 0: (1, 0) for all -> none
+    curve = success_curve(w, None, feats, torch.ones(3, dtype=torch.long), torch.tensor([0, 1]), 2)
+    assert curve.tolist() == pytest.approx([2 / 3, 0.0, 0.0])
+    assert w[1, 0] == 5.0  # the head itself is not modified
+
+
+def test_neuron_pruning_removes_the_backdoor(backdoored, split, eval_triggers):
+    before = copy.deepcopy(backdoored.state_dict())
+    net, res = NeuralCleanse(passes=40, mitigate="prune").repair(target(backdoored, split, eval_triggers))
+    m = res.figures["mitigation"]
+    assert res.flagged and m["applied"] and m["method"] == "prune"
+    k = len(m["pruned"])
+    assert 0 < k <= 0.3 * m["neurons"] and m["stopped"] == "unresponsive"
+    assert m["reversed_success_curve"][0] > 0.9 and m["reversed_success_curve"][k] <= 0.05
+    assert m["before"]["asr"]["badnets"] > 0.9 and m["after"]["asr"]["badnets"] < 0.2  # the real trigger too
+    assert m["after"]["acc"] > 0.7  # the cost, measured: 96.1% -> 85.0% on this 32-neuron fixture
+    head = [mod for mod in net.modules() if isinstance(mod, torch.nn.Linear)][-1]
+    assert float(head.weight.detach()[:, m["pruned"]].abs().max()) == 0
+    assert all(torch.equal(before[key], v) for key, v in backdoored.state_dict().items())  # not in place
+
+
+def test_prune_head_inputs_keeps_the_state_dict(backdoored):
+    net = prune_head_inputs(backdoored, torch.tensor([0, 2]))
+    assert {k: v.shape for k, v in net.state_dict().items()} == {k: v.shape for k, v in backdoored.state_dict().items()}
+    head = [mod for mod in backdoored.modules() if isinstance(mod, torch.nn.Linear)][-1]
+    assert float(head.weight.detach()[:, 0].abs().max()) > 0  # the original keeps its weights
+
+
+def test_plugin_option_prunes_and_saves_the_repaired_model(backdoored, digits, eval_triggers, tmp_path):
+    ctx = PluginContext(scenario=None, test=digits.test, num_classes=10, in_shape=(1, 8, 8), run_dir=tmp_path,
+                        device=torch.device("cpu"), make_model=lambda: copy.deepcopy(backdoored),
+                        eval_triggers=eval_triggers)
+    out = NeuralCleansePlugin(passes=40, mitigate="prune").on_run_end(backdoored, ctx)
+    assert out["flagged"] and out["model_file"] == "nc_pruned.safetensors"
+    assert (tmp_path / "nc_pruned.safetensors").is_file() and not (tmp_path / "nc_unlearned.safetensors").exists()
+    assert out["figures"]["mitigation"]["after"]["asr"]["badnets"] < 0.2
+    assert "pruning the penultimate neurons" in (tmp_path / "neural_cleanse.md").read_text()
 
 
 # -- fine-pruning -------------------------------------------------------------------------------

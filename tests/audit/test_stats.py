@@ -10,7 +10,17 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedsec.audit.stats import MAD_CONSISTENCY, anomaly_index, auc, mad, median, top_direction_scores
+from fedsec.audit.stats import (
+    MAD_CONSISTENCY,
+    anomaly_index,
+    auc,
+    mad,
+    median,
+    min_index_null,
+    min_index_p_value,
+    min_index_threshold,
+    top_direction_scores,
+)
 
 
 def test_mad_anomaly_index_hand_worked():
@@ -55,6 +65,33 @@ def test_median_and_mad_match_numpy(values):
 def test_median_rejects_bad_input():
     with pytest.raises(ValueError, match="non-empty 1-D"):
         median(torch.empty(0))
+
+
+def test_min_of_c_null_matches_a_direct_simulation():
+    # independent reference: the per-draw anomaly_index (the detector's own code path) on
+    # fresh normal norms from another generator; 3000 draws, standard error <= 0.0087
+    g = torch.Generator().manual_seed(7)
+    for n in (5, 10):
+        direct = sum(float(anomaly_index(torch.randn(n, generator=g, dtype=torch.float64)).max()) > 2.0
+                     for _ in range(3000)) / 3000
+        assert min_index_p_value(2.0, n) == pytest.approx(direct, abs=0.035)
+    # the paper's "2 = 95%" is for one value; the smallest of 10 passes it about a third of the time
+    assert 0.30 < min_index_p_value(2.0, 10) < 0.36
+
+
+def test_min_of_c_threshold_gives_its_false_positive_rate():
+    for n, fpr in ((10, 0.05), (10, 0.10), (43, 0.05)):
+        cut = min_index_threshold(n, fpr)
+        assert cut > 2.0
+        assert min_index_p_value(cut, n) == pytest.approx(fpr, abs=0.002)
+    assert min_index_threshold(10, 0.01) > min_index_threshold(10, 0.05) > min_index_threshold(10, 0.10)
+    null = min_index_null(10)
+    assert bool((null[1:] >= null[:-1]).all()) and null.dtype == torch.float64
+    assert min_index_null(10) is null  # computed once per class count
+    with pytest.raises(ValueError, match="fpr"):
+        min_index_threshold(10, 0.0)
+    with pytest.raises(ValueError, match="at least 3"):
+        min_index_null(2)
 
 
 def test_svd_score_recovers_planted_direction():

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 import math
 import sys
 import tempfile
@@ -72,7 +73,7 @@ from fedsec.audit.fine_pruning import FinePruning
 from fedsec.audit.frequency import FrequencyDetector
 from fedsec.audit.neural_cleanse import NeuralCleanse
 from fedsec.audit.plugins import server_split
-from fedsec.audit.stats import auc
+from fedsec.audit.stats import auc, min_index_threshold
 from fedsec.audit.unlearning import unlearn
 from fedsec.data import TensorData, load_dataset
 from fedsec.data.triggers import Trigger
@@ -157,10 +158,16 @@ def section_models(args, out: Path, figures: dict) -> None:
                 t0 = time.perf_counter()
                 nc = NeuralCleanse(passes=args.nc_passes, step_samples=args.nc_step_samples,
                                    restarts=args.nc_restarts, mitigate="unlearn")
-                _, r = nc.repair(audit_target(model, clean, ev, ds, seed, eval_triggers=trig,
-                                              out_dir=out / "nc", prefix=f"{seed}-{attacked}."))
+                t = audit_target(model, clean, ev, ds, seed, eval_triggers=trig, out_dir=out / "nc",
+                                 prefix=f"{seed}-{attacked}.")
+                per_class, n_clean = nc.triggers(t)  # what nc.repair(t) does, with the reversal kept
+                verdict = nc.verdict(per_class, n_clean, t)
+                _, r = nc.mitigation(t, per_class, verdict)
+                # Sec. VI-B's other mitigation on the same reversed triggers (it draws no randomness)
+                _, rp = replace(nc, mitigate="prune").mitigation(t, per_class, verdict)
                 row.update(flagged=r.flagged, target=r.target, index=r.score, norms=r.figures["l1_norms"],
                            steps=r.figures["passes"], mitigation=r.figures["mitigation"],
+                           pruning=rp.figures["mitigation"], p_min=r.figures["p_value_min"],
                            nc_seconds=time.perf_counter() - t0)
                 # the paper's control: the same fine-tuning without the reversed trigger
                 ft = unlearn(model, clean, epochs=nc.unlearn_epochs, lr=nc.unlearn_lr, momentum=nc.unlearn_momentum,
@@ -183,18 +190,22 @@ def section_models(args, out: Path, figures: dict) -> None:
 
 def nc_table(rows: list[dict]) -> str:
     lines = ["| seed | model | acc | ASR | anomaly index | flagged | target | min-norm class "
-             "| L1: target class / median | steps (median) | unlearned: acc / ASR | fine-tuned only: acc / ASR |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| L1: target class / median | steps (median) | unlearned: acc / ASR | fine-tuned only: acc / ASR "
+             "| p (min of C) | neurons pruned: acc / ASR (pruned) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         norms = r["norms"]
         m = r["mitigation"]
         unl = f"{pct(m['after']['acc'])} / {pct(m['after']['asr']['badnets'])}" if m["applied"] else "not flagged"
+        pr = r["pruning"]
+        pru = (f"{pct(pr['after']['acc'])} / {pct(pr['after']['asr']['badnets'])} ({len(pr['pruned'])}/{pr['neurons']})"
+               if pr["applied"] else "not flagged")
         lines.append(f"| {r['seed']} | {'BadNets' if r['attacked'] else 'clean'} | {pct(r['acc'])} | {pct(r['asr'])} | "
                      f"{r['index']:.2f} | {'yes' if r['flagged'] else 'no'} | {r['target']} | "
                      f"{min(range(len(norms)), key=norms.__getitem__)} | {norms[TARGET]:.1f} / "
                      f"{sorted(norms)[len(norms) // 2 - 1] / 2 + sorted(norms)[len(norms) // 2] / 2:.1f} | "
                      f"{sorted(r['steps'])[len(r['steps']) // 2]} | {unl} | "
-                     f"{pct(r['ft_control']['acc'])} / {pct(r['ft_control']['asr'])} |")
+                     f"{pct(r['ft_control']['acc'])} / {pct(r['ft_control']['asr'])} | {r['p_min']:.3f} | {pru} |")
     bd = [r for r in rows if r["attacked"]]
     cl = [r for r in rows if not r["attacked"]]
     tp = sum(r["flagged"] and r["target"] == TARGET for r in bd)
@@ -211,20 +222,27 @@ def nc_table(rows: list[dict]) -> str:
                      f"{pct(_mean([r['mitigation']['after']['asr']['badnets'] for r in done]))} (fine-tuned only: "
                      f"{pct(_mean([r['ft_control']['acc'] for r in done]))} / "
                      f"{pct(_mean([r['ft_control']['asr'] for r in done]))})")
+    if done:
+        lines.append(f"neuron pruning (Sec. VI-B) on the same {len(done)} models: acc "
+                     f"{pct(_mean([r['pruning']['after']['acc'] for r in done]))}, ASR "
+                     f"{pct(_mean([r['pruning']['after']['asr']['badnets'] for r in done]))}, neurons pruned "
+                     f"{_mean([len(r['pruning']['pruned']) for r in done]):.1f} of {done[0]['pruning']['neurons']}")
     n = len(rows[0]["norms"])
+    for fpr in (0.05, 0.10):
+        cut = min_index_threshold(n, fpr)
+        lines.append(f"calibrated verdict (smallest index > {cut:.2f}, i.e. p (min of C) < {fpr}): BadNets flagged "
+                     f"{sum(r['index'] > cut and r['target'] == TARGET for r in bd)}/{len(bd)}, clean flagged "
+                     f"{sum(r['index'] > cut for r in cl)}/{len(cl)}")
     lines.append(f"MAD test under its own null (the {n} norms i.i.d. normal): P(anomaly index of the smallest > 2) = "
                  f"{pct(null_flag_rate(n))}%")
     return "\n".join(lines) + "\n"
 
 
-def null_flag_rate(n_classes: int, threshold: float = 2.0, draws: int = 20000) -> float:
+def null_flag_rate(n_classes: int, threshold: float = 2.0) -> float:
     """How often the MAD test flags when the C norms are i.i.d. normal (no outlier at all)."""
-    from fedsec.audit.stats import anomaly_index
+    from fedsec.audit.stats import min_index_p_value
 
-    g = torch.Generator().manual_seed(0)
-    hits = sum(float(anomaly_index(torch.randn(n_classes, generator=g, dtype=torch.float64)).max()) > threshold
-               for _ in range(draws))
-    return hits / draws
+    return min_index_p_value(threshold, n_classes)
 
 
 def prune_row(args, model, clean, ev, ds, seed, trig, attacked) -> dict:
@@ -330,7 +348,8 @@ DATA_DETECTORS = {
     "SS eps=0.1": ("spectral_signatures", {"eps": 0.1}),
     "SS eps=0.3": ("spectral_signatures", {"eps": 0.3}),
     "frequency, fraction verdict": ("frequency", {"target_fpr": 0.05, "verdict": "fraction"}),
-    "frequency, Fisher verdict": ("frequency", {"target_fpr": 0.05}),
+    "frequency, pooled Fisher verdict": ("frequency", {"target_fpr": 0.05, "stratify": False}),
+    "frequency, stratified verdict (per-label exact MH)": ("frequency", {"target_fpr": 0.05}),
 }
 RETRAINED = ("AC default: ica 3 dims, sil > 0.42", "SS eps=0.3")
 

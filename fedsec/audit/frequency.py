@@ -21,21 +21,34 @@ P(triggered) > ``threshold`` (0.5, the paper's decision), or, with ``target_fpr`
 > 0, above the threshold that removes that fraction of held-out clean images
 (a calibration fedsec adds: trained on a few hundred images the classifier is
 well ranked but not calibrated). ``score`` is the fraction removed; ``target`` is
-the most common label among the removed samples. Verdict (``verdict``; the paper
-gives per-sample decisions only, the data-level verdict is fedsec's): ``excess``
+the label whose removals most exceed their null expectation (stratified verdict;
+:func:`stratum_excess`), else the most common label among the removed samples.
+Verdict (``verdict``; the paper gives per-sample decisions only, the data-level
+verdict is fedsec's): ``excess``
 (default) flags the data when it loses more samples than the held-out clean
-images do, by a one-sided Fisher exact test at level ``alpha`` (so a clean set
-drawn like the defender's is flagged with probability about ``alpha``, whatever
-the classifier's own false-positive rate); ``fraction`` flags it when the removed
-fraction exceeds ``flag_fraction`` (no false-positive control: with a 5% per-sample
-rate about half of all clean sets exceed 5%). The figures include the classifier's own
-true/false positive rates on held-out clean images (``val_fraction`` of the
-clean set) with fresh self-made triggers. The audited model is not used.
+images do, by a one-sided exact test at level ``alpha`` (so a clean set drawn
+like the defender's is flagged with probability about ``alpha``, whatever the
+classifier's own false-positive rate). With ``stratify`` (default) the rates are
+compared within each label, ``data.y`` against the held-out images' labels: the
+exact conditional Mantel-Haenszel test of a common odds ratio of 1 (Birch 1964;
+R's ``mantelhaen.test(exact=TRUE, alternative="greater")``), because the
+classifier's false-positive rate differs by class, and a label-skewed share (what
+FL clients hold) compared pooled is flagged for its label mix (pooled: 2/8 clean
+Dirichlet shares in experiments/plugins/audit.md). A poisoned share's ``data.y``
+carries the attacker's labels, so its poisons are compared with held-out images of
+the target label. ``stratify=False``: one pooled Fisher exact test. ``fraction``
+flags the data when the removed fraction exceeds ``flag_fraction`` (no
+false-positive control: with a 5% per-sample rate about half of all clean sets
+exceed 5%). The figures include the classifier's own true/false positive rates on
+held-out clean images (``val_fraction`` of the clean set) with fresh self-made
+triggers, the p-value and ``verdict_test`` (which test ran). The audited model is
+not used.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -162,9 +175,14 @@ class FrequencyDetector(Detector):
     flag_fraction: float = 0.05
     """Verdict ``fraction``: flagged when more than this fraction of the data is removed."""
     verdict: str = "excess"
-    """'excess' (Fisher exact test against the held-out clean images' removal rate) or 'fraction'."""
+    """'excess' (exact test against the held-out clean images' removal rate) or 'fraction'."""
     alpha: float = 0.01
     """Verdict ``excess``: the test's level, the verdict's false-positive rate on clean data."""
+    stratify: bool = True
+    """Verdict ``excess``: compare removal rates within each label (exact conditional Mantel-Haenszel
+    test, :func:`stratified_excess_p_value`) rather than pooled (one Fisher test,
+    :func:`excess_p_value`), so a label-skewed share is not flagged for holding more of the labels
+    the classifier removes more often."""
 
     def __post_init__(self) -> None:
         fams = tuple(self.families) if isinstance(self.families, (list, tuple)) else self.families
@@ -198,6 +216,7 @@ class FrequencyDetector(Detector):
         self._check(self.verdict == "fraction" or self.val_fraction > 0, "verdict", self.verdict,
                     "'fraction' when val_fraction is 0 (the test needs held-out clean images)")
         self._check(is_num(self.alpha) and 0 < self.alpha < 1, "alpha", self.alpha, "a number in (0, 1)")
+        self._check(isinstance(self.stratify, bool), "stratify", self.stratify, "true or false")
 
     def self_made(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """A triggered copy of every image, each with a family drawn uniformly from ``families``."""
@@ -239,27 +258,46 @@ class FrequencyDetector(Detector):
         perm = torch.randperm(len(clean), generator=g)
         n_val = int(round(self.val_fraction * len(clean)))
         val, train = clean[perm[:n_val]], clean[perm[n_val:]]
+        val_y = target.clean.y.cpu()[perm[:n_val]]
         clf = self.fit(train, g, target.device)
         figures: dict[str, Any] = {"n_train_clean": len(train), "n_val": n_val}
         threshold = self.threshold
-        val_removed = 0
+        val_removed = torch.zeros(n_val, dtype=torch.bool)
         if n_val:
             p_clean, p_trig = clf.prob(val), clf.prob(self.self_made(val, g))
             if self.target_fpr > 0:
                 threshold = float(torch.quantile(p_clean.double(), 1 - self.target_fpr))
-            val_removed = int((p_clean > threshold).sum())
-            figures["val_fpr"] = val_removed / n_val
+            val_removed = p_clean > threshold
+            figures["val_fpr"] = int(val_removed.sum()) / n_val
             figures["val_tpr"] = float((p_trig > threshold).float().mean())
         figures["threshold_used"] = threshold
         prob = clf.prob(data.x)
         removed = prob > threshold
         frac = float(removed.float().mean())
         if self.verdict == "excess":
-            figures["p_value"] = excess_p_value(int(removed.sum()), len(removed), val_removed, n_val)
+            if self.stratify:
+                y = data.y.cpu()
+                size = int(max(int(y.max()) if len(y) else 0, int(val_y.max()) if n_val else 0)) + 1
+                per_class = [torch.bincount(lab, minlength=size)
+                             for lab in (y[removed], y, val_y[val_removed], val_y)]
+                figures["p_value"] = stratified_excess_p_value(*per_class)
+                figures["verdict_test"] = "stratified exact Mantel-Haenszel (per label)"
+                excess = stratum_excess(*per_class)
+                figures["excess_per_label"] = excess.tolist()
+            else:
+                figures["p_value"] = excess_p_value(int(removed.sum()), len(removed), int(val_removed.sum()), n_val)
+                figures["verdict_test"] = "pooled Fisher exact"
             flagged = figures["p_value"] < self.alpha
         else:
             flagged = frac > self.flag_fraction
-        suspect = int(torch.mode(data.y.cpu()[removed]).values) if flagged else None
+        # stratified: the label whose removals most exceed its own null (the most common removed
+        # label of a skewed share is just its most common label)
+        if not flagged:
+            suspect = None
+        elif "excess_per_label" in figures:
+            suspect = int(torch.argmax(excess))
+        else:
+            suspect = int(torch.mode(data.y.cpu()[removed]).values)
         figures.update({"fraction_flagged": frac, **removal_figures(removed, target.poisoned),
                         "params": self.params()})
         return AuditResult(flagged=flagged, score=frac, target=suspect, figures=figures, detector=self.name)
@@ -274,5 +312,53 @@ def excess_p_value(k: int, n: int, v: int, m: int) -> float:
     return float(fisher_exact([[k, n - k], [v, m - v]], alternative="greater").pvalue)
 
 
-__all__ = ["FrequencyDetector", "excess_p_value", "SpectrumClassifier", "dct_matrix", "dct2", "idct2", "random_patch",
-           "random_blend"]
+def stratum_excess(k: torch.Tensor, n: torch.Tensor, v: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """(S,) float64: per stratum, removed audited samples minus their null expectation
+    ``(k_c + v_c) n_c / (n_c + m_c)`` (the hypergeometric mean given the margins); 0 for a
+    stratum with no held-out images (no evidence either way)."""
+    k, n, v, m = (t.double() for t in (k, n, v, m))
+    expected = torch.where(m > 0, (k + v) * n / (n + m).clamp_min(1), k)
+    return k - expected
+
+
+def stratified_excess_p_value(k, n, v, m) -> float:
+    """One-sided exact conditional Mantel-Haenszel p-value (Birch 1964; R's
+    ``mantelhaen.test(exact=TRUE, alternative="greater")``) that, within strata (classes), the
+    audited data loses more samples than the held-out clean images do.
+
+    ``k``, ``n``, ``v``, ``m``: per-stratum counts, equal-length sequences or 1-D tensors of
+    non-negative integers: stratum c's table is [[k_c, n_c - k_c], [v_c, m_c - v_c]] (audited
+    removed / kept, held-out removed / kept). H0: common odds ratio 1 (within every class the
+    removal rate is the same on both sides, however it differs across classes); alternative:
+    > 1. Conditional on every stratum's margins, k_c is hypergeometric (population n_c + m_c,
+    k_c + v_c removed, n_c drawn); the statistic K = sum_c k_c has the convolution of those
+    pmfs as null law; the p-value is P(K >= observed). A stratum with an empty side has one
+    possible table and drops out; with one stratum this is :func:`excess_p_value`."""
+    import numpy as np
+    from scipy.stats import hypergeom
+
+    cols = {}
+    for name, val in (("k", k), ("n", n), ("v", v), ("m", m)):
+        vals = val.tolist() if isinstance(val, torch.Tensor) else list(val)
+        if not all(isinstance(a, numbers.Integral) and not isinstance(a, bool) and a >= 0 for a in vals):
+            raise ValueError(f"stratified_excess_p_value: {name} must hold non-negative integers, got {vals}")
+        cols[name] = [int(a) for a in vals]
+    if len({len(c) for c in cols.values()}) != 1:
+        raise ValueError("stratified_excess_p_value: k, n, v, m must have one entry per stratum, got lengths "
+                         + str({name: len(c) for name, c in cols.items()}))
+    law, offset, observed = np.ones(1), 0, 0
+    for kc, nc, vc, mc in zip(cols["k"], cols["n"], cols["v"], cols["m"]):
+        if kc > nc or vc > mc:
+            raise ValueError(f"stratified_excess_p_value: a stratum removes more than it holds "
+                             f"(k={kc} of n={nc}, v={vc} of m={mc})")
+        removed = kc + vc
+        lo, hi = max(0, removed - mc), min(removed, nc)
+        observed += kc
+        offset += lo
+        if hi > lo:
+            law = np.convolve(law, hypergeom.pmf(np.arange(lo, hi + 1), nc + mc, removed, nc))
+    return float(min(1.0, law[observed - offset:].sum()))
+
+
+__all__ = ["FrequencyDetector", "excess_p_value", "stratified_excess_p_value", "stratum_excess", "SpectrumClassifier",
+           "dct_matrix",           "dct2", "idct2", "random_patch", "random_blend"]

@@ -12,7 +12,15 @@ from torch import nn
 
 from fedsec.audit import AuditTarget, get_detector
 from fedsec.audit.activation_clustering import cluster_verdict, reduce_dims, split_class
-from fedsec.audit.frequency import FrequencyDetector, dct2, dct_matrix, idct2, random_blend, random_patch
+from fedsec.audit.frequency import (
+    FrequencyDetector,
+    dct2,
+    dct_matrix,
+    idct2,
+    random_blend,
+    random_patch,
+    stratum_excess,
+)
 from fedsec.audit.spectral_signatures import gaussian_tail_share, remove_top, tail_excess, tail_share
 from fedsec.data import TensorData
 
@@ -356,6 +364,138 @@ def test_frequency_verdict_does_not_flag_clean_data_like_the_defenders():
 def test_frequency_bad_params_name_the_field(kw, field):
     with pytest.raises(ValueError, match=f"frequency.{field}"):
         FrequencyDetector(**kw)
+
+
+def test_stratified_excess_test_worked_by_hand():
+    from fedsec.audit.frequency import excess_p_value, stratified_excess_p_value
+
+    # stratum A: audited 3 of 3 removed, held-out 0 of 3; margins: 6 images, 3 removed, 3 audited,
+    #   so k_A ~ hypergeom: P(k_A = 3) = 1 / C(6, 3) = 1/20 (its largest value)
+    # stratum B: audited 2 of 2, held-out 1 of 2; 4 images, 3 removed, 2 audited: k_B is 1 or 2,
+    #   P(2) = C(3, 2) C(1, 0) / C(4, 2) = 3/6 = 1/2
+    # K = 5 is the largest sum: p = 1/20 * 1/2 = 1/40; pooled it is one table 5 of 5 vs 1 of 5,
+    #   P = C(6, 5) / C(10, 5) = 6/252 = 1/42
+    assert stratified_excess_p_value([3, 2], [3, 2], [0, 1], [3, 2]) == pytest.approx(1 / 40, rel=1e-12)
+    assert excess_p_value(5, 5, 1, 5) == pytest.approx(1 / 42, rel=1e-12)
+    # an interior statistic: A: 2 of 3 vs 1 of 3 (6 images, 3 removed, 3 audited):
+    #   P(k_A = 0, 1, 2, 3) = (1, 9, 9, 1) / 20; B: 1 of 2 vs 0 of 1 (3 images, 1 removed, 2
+    #   audited): P(k_B = 0, 1) = (1/3, 2/3). P(K >= 3) = P(k_A = 3) + P(k_A = 2) P(k_B = 1)
+    #   = 1/20 + 9/20 * 2/3 = 7/20
+    assert stratified_excess_p_value([2, 1], [3, 2], [1, 0], [3, 1]) == pytest.approx(7 / 20, rel=1e-12)
+    # strata with an empty side have one possible table: they change nothing (tensors accepted)
+    k, n, v, m = (torch.tensor(a) for a in ([2, 1, 4, 0], [3, 2, 4, 0], [1, 0, 0, 2], [3, 1, 0, 3]))
+    assert stratified_excess_p_value(k, n, v, m) == pytest.approx(7 / 20, rel=1e-12)
+    # R's documented example (?mantelhaen.test, Agresti's penicillin rabbits, 5 strata): the
+    # exact conditional test with alternative "greater" gives p = 0.020
+    p = stratified_excess_p_value([0, 3, 6, 5, 2], [6, 6, 6, 6, 2], [0, 0, 2, 6, 5], [5, 6, 6, 6, 5])
+    assert p == pytest.approx(0.020, abs=5e-4)
+
+
+def test_stratified_excess_test_with_one_stratum_is_fisher():
+    from scipy.stats import fisher_exact
+
+    from fedsec.audit.frequency import stratified_excess_p_value
+
+    for k in range(7):
+        for n in range(k, 7):
+            for v in range(7):
+                for m in range(v, 7):
+                    want = fisher_exact([[k, n - k], [v, m - v]], alternative="greater").pvalue
+                    assert stratified_excess_p_value([k], [n], [v], [m]) == pytest.approx(want, rel=1e-12, abs=1e-300)
+
+
+@pytest.mark.parametrize("args, match", [(([1], [2], [0], [2, 3]), "one entry per stratum"),
+                                         (([3], [2], [0], [2]), "removes more than it holds"),
+                                         (([1.5], [2], [0], [2]), "k must hold non-negative integers"),
+                                         (([1], [2], [-1], [2]), "v must hold non-negative integers")])
+def test_stratified_excess_test_rejects_bad_counts(args, match):
+    from fedsec.audit.frequency import stratified_excess_p_value
+
+    with pytest.raises(ValueError, match=match):
+        stratified_excess_p_value(*args)
+
+
+def test_stratified_excess_test_ignores_label_skew_but_sees_excess_within_a_label():
+    """The case that broke the pooled test: the classifier removes 25% of label 1 but 2% of label
+    0, the defender's held-out images are mostly label 0, a client's share mostly label 1. Pooled,
+    every such clean share loses more than the held-out set; within labels, none does more than
+    chance (a level-0.01 test). 20 extra removals within label 0 (poisons) are still seen."""
+    from fedsec.audit.frequency import excess_p_value, stratified_excess_p_value
+
+    g = torch.Generator().manual_seed(0)
+    rate = torch.tensor([0.02, 0.25], dtype=torch.float64)
+    m, n = torch.tensor([100, 20]), torch.tensor([20, 180])
+    pois = torch.tensor([20, 0])
+    pooled, strat, strat_poisoned = 0, 0, 0
+    draws = 200
+    for _ in range(draws):
+        v = torch.binomial(m.double(), rate, generator=g).long()
+        k = torch.binomial(n.double(), rate, generator=g).long()
+        pooled += excess_p_value(int(k.sum()), int(n.sum()), int(v.sum()), int(m.sum())) < 0.01
+        strat += stratified_excess_p_value(k, n, v, m) < 0.01
+        strat_poisoned += stratified_excess_p_value(k + pois, n + pois, v, m) < 0.01
+    assert pooled >= 0.9 * draws
+    assert strat <= 0.025 * draws  # at most alpha = 1% in expectation (conservative exact test)
+    assert strat_poisoned >= 0.9 * draws
+
+
+def _two_textures(n_smooth: int, n_textured: int, g: torch.Generator) -> TensorData:
+    """Label 0: smooth gradients; label 1: the same with pixel noise (high-frequency content that
+    the spectrum classifier, trained on noise blends, takes for a trigger more often)."""
+    t = torch.linspace(0, 1, 8)
+    count = n_smooth + n_textured
+    phase = torch.rand(count, 1, 1, 1, generator=g)
+    x = 0.5 + 0.3 * torch.sin(5 * (t[None, None, :, None] + t[None, None, None, :]) + 6 * phase)
+    amp = torch.cat([torch.zeros(n_smooth), torch.full((n_textured,), 0.15)])[:, None, None, None]
+    x = (x + amp * (torch.rand(count, 1, 8, 8, generator=g) - 0.5)).clamp(0, 1)
+    y = torch.cat([torch.zeros(n_smooth, dtype=torch.long), torch.ones(n_textured, dtype=torch.long)])
+    return TensorData(x, y)
+
+
+def test_frequency_stratified_verdict_on_a_label_skewed_share():
+    """End to end: the defender's clean set is 80% label 0, the audited clean share 90% label 1
+    (the label the classifier removes more). The pooled Fisher verdict flags it; the stratified
+    one does not, and still flags the same share with 30 noise-blended poisons of label 0. Over
+    seeds 0-39 the clean share is flagged 37/40 pooled, 2/40 stratified (p 0.008 and 0.005,
+    seeds 2 and 29); three others here."""
+    for seed in range(3, 6):
+        g = torch.Generator().manual_seed(seed)
+        clean, share = _two_textures(240, 60, g), _two_textures(50, 180, g)
+        x = share.x.clone()
+        x[:30] = 0.7 * x[:30] + 0.3 * torch.rand(30, 1, 8, 8, generator=g)
+        bad = torch.zeros(len(x), dtype=torch.bool)
+        bad[:30] = True
+
+        def audit(data, poisoned, stratify):
+            tgt = AuditTarget(model=nn.Linear(1, 1), clean=clean, data=data, poisoned=poisoned, num_classes=2,
+                              in_shape=(1, 8, 8), generator=torch.Generator().manual_seed(seed))
+            return FrequencyDetector(epochs=4, copies=1, target_fpr=0.1, stratify=stratify).audit(tgt)
+
+        honest = share.subset(torch.arange(30, len(x)))
+        no_poison = torch.zeros(len(honest), dtype=torch.bool)
+        pooled, strat = audit(honest, no_poison, False), audit(honest, no_poison, True)
+        assert pooled.figures["verdict_test"] == "pooled Fisher exact"
+        assert strat.figures["verdict_test"].startswith("stratified")
+        assert pooled.score == strat.score  # same removals, only the verdict differs
+        assert pooled.flagged and not strat.flagged
+        poisoned = audit(TensorData(x, share.y), bad, True)
+        assert poisoned.flagged and poisoned.figures["recall"] >= 0.9
+        # the poisons are label 0; the share's most removed label is 1 (it holds 180 of them)
+        assert poisoned.target == 0 and int(torch.argmax(torch.tensor(poisoned.figures["excess_per_label"]))) == 0
+
+
+def test_stratum_excess_hand_worked():
+    # label 0: 6 of 10 removed vs 1 of 10 held out -> 7 removed in 20, expected 7 * 10 / 20 = 3.5 -> +2.5
+    # label 1: 2 of 40 vs 2 of 10 -> expected 4 * 40 / 50 = 3.2 -> -1.2
+    # label 2: no held-out images -> 0 (no evidence)
+    e = stratum_excess(torch.tensor([6, 2, 5]), torch.tensor([10, 40, 9]), torch.tensor([1, 2, 0]),
+                       torch.tensor([10, 10, 0]))
+    assert e.tolist() == pytest.approx([2.5, -1.2, 0.0])
+
+
+def test_frequency_stratify_must_be_a_bool():
+    with pytest.raises(ValueError, match="frequency.stratify"):
+        FrequencyDetector(stratify="yes")
 
 
 def test_ica_survives_dead_units_and_rank_below_dims():

@@ -220,6 +220,17 @@ REPAIRED_FILES = {
 }
 """Models other plugins leave in the run directory, by the name ``compare`` uses."""
 
+SAVED_BY = {
+    "fine_pruning": "the 'fine_pruning' plugin",
+    "neural_cleanse": "the 'neural_cleanse' plugin with mitigate = \"unlearn\" (it saves a model only when it "
+                      "flags the global model)",
+    "neural_cleanse_pruned": "the 'neural_cleanse' plugin with mitigate = \"prune\" (it saves a model only when it "
+                             "flags the global model)",
+    "abd": "the 'abd' plugin",
+    "abd_kd": "the 'abd' plugin",
+}
+"""What writes each of :data:`REPAIRED_FILES`, for the error that names a missing one."""
+
 
 def load_saved_model(path: Path) -> nn.Module:
     """A model file written by a fedsec run or plugin, rebuilt from its embedded scenario."""
@@ -262,9 +273,8 @@ class BitFlipDeploy(DeployAttack, Plugin):
         for name in self.compare:
             path = Path(ctx.run_dir) / REPAIRED_FILES[name] if ctx.run_dir is not None else None
             if path is None or not path.is_file():
-                plugin = "abd" if name.startswith("abd") else name
                 models[name] = (f"{REPAIRED_FILES[name]} not found in the run directory: list bitflip_deploy "
-                                f"after the {plugin!r} plugin in [[plugins]]")
+                                f"after {SAVED_BY[name]} in [[plugins]]")
             else:
                 models[name] = load_saved_model(path).to(ctx.device)
         cfg = self.attack()

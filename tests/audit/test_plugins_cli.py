@@ -54,8 +54,10 @@ def test_bitflip_compare_without_the_file_says_what_to_do(tmp_path):
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
     ctx = PluginContext(scenario=None, test=test, num_classes=10, in_shape=(1, 8, 8), run_dir=tmp_path,
                         device=torch.device("cpu"), make_model=lambda: model)
-    out = BitFlipDeploy(max_flips=1, compare=["abd"]).on_run_end(model, ctx)
+    out = BitFlipDeploy(max_flips=1, compare=["abd", "neural_cleanse_pruned"]).on_run_end(model, ctx)
     assert "list bitflip_deploy after the 'abd' plugin" in out["abd"]["error"]
+    assert "nc_pruned.safetensors not found" in out["neural_cleanse_pruned"]["error"]
+    assert "'neural_cleanse' plugin with mitigate = \"prune\"" in out["neural_cleanse_pruned"]["error"]
 
 
 def test_bad_plugin_params_are_scenario_errors():

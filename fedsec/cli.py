@@ -382,7 +382,7 @@ def audit(
     partition: Annotated[Optional[int], typer.Option(help="data detectors: audit this client's round-1 data (default: the whole train split)")] = None,
     server_fraction: Annotated[float, typer.Option(help="part of the test split used as the clean set; the rest measures accuracy/ASR")] = 0.5,
     seed: Annotated[int, typer.Option()] = 0,
-    out: Annotated[Optional[Path], typer.Option(help="write the verdict here (JSON); images go beside it")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="write the verdict here (JSON); images, and a repair's model (<OUT stem>.repaired.safetensors), go beside it")] = None,
 ) -> None:
     """Audit a saved model (or its training data) with a backdoor detector; prints the JSON verdict."""
     from fedsec.audit.runner import run_audit

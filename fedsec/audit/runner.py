@@ -103,7 +103,12 @@ def client_view(scenario, partition: int, round: int = 1) -> ClientView:
 def run_audit(model_path: Path, detector: str, params: dict[str, Any] | None = None, *,
               data: Path | None = None, partition: int | None = None, server_fraction: float = 0.5,
               seed: int = 0, out_dir: Path | None = None, prefix: str = "") -> AuditResult:
-    """Build the detector and its :class:`AuditTarget` from files, run it, return the verdict."""
+    """Build the detector and its :class:`AuditTarget` from files, run it, return the verdict.
+
+    A repair (fine-pruning, Neural Cleanse with ``mitigate``) also writes its repaired model to
+    ``out_dir / f"{prefix}repaired.safetensors"`` (scenario embedded, so it loads like any model
+    file) and names it in ``figures["repaired_model"]``.
+    """
     from fedsec.audit.plugins import server_split
     from fedsec.federation.env import dataset_of, device_of
     from fedsec.federation.federation import eval_triggers_of
@@ -136,7 +141,19 @@ def run_audit(model_path: Path, detector: str, params: dict[str, Any] | None = N
                          in_shape=ds.in_shape, generator=generator(seed, "audit", detector), device=device,
                          data=audited, poisoned=poisoned, eval_triggers=eval_triggers_of(s_data),
                          out_dir=out_dir, prefix=prefix)
-    res = det.audit(target)
+    repair = getattr(det, "repair", None)
+    if repair is None:
+        res = det.audit(target)
+    else:  # a repair (fine-pruning, Neural Cleanse's mitigations): keep the repaired model, not only its figures
+        repaired, res = repair(target)
+        if repaired is not None and out_dir is not None:
+            from fedsec.results import write_safetensors
+
+            name = f"{prefix}repaired.safetensors"
+            scenario = s_model if s_model is not None else s_data
+            write_safetensors(Path(out_dir) / name, repaired.state_dict(), {"scenario": scenario.to_toml()})
+            res = AuditResult(flagged=res.flagged, score=res.score, target=res.target,
+                              figures={**res.figures, "repaired_model": name}, detector=res.detector)
     figures = {**res.figures, "source": {"model": str(model_path), "data": str(data) if data else "embedded",
                                          "server_fraction": server_fraction, "seed": seed, **info}}
     return AuditResult(flagged=res.flagged, score=res.score, target=res.target, figures=figures,

@@ -113,3 +113,20 @@ def test_run_audit_on_the_fine_pruned_file_measures_the_repair(audited_run):
     res = run_audit(audited_run.run_dir / "fine_pruned.safetensors", "fine_pruning", {"epochs": 0, "prune_ratio": 0.25})
     assert res.figures["source"]["model"].endswith("fine_pruned.safetensors")
     assert "badnets" in res.figures["before"]["asr"]
+
+
+def test_cli_audit_saves_the_repaired_model_beside_the_verdict(audited_run, tmp_path):
+    model = audited_run.run_dir / "model.safetensors"
+    out = tmp_path / "fp.json"
+    r = CliRunner().invoke(app, ["audit", str(model), "--detector", "fine_pruning", "--param", "epochs=0",
+                                 "--param", "prune_ratio=0.25", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert json.loads(out.read_text())["figures"]["repaired_model"] == "fp.repaired.safetensors"
+    # the saved model is the pruned one, and loads like any model file (scenario embedded)
+    again = run_audit(tmp_path / "fp.repaired.safetensors", "fine_pruning", {"epochs": 0, "prune_ratio": 0.25})
+    assert again.figures["before"] == json.loads(out.read_text())["figures"]["after_pruning"]
+    # a detection-only run writes no model
+    r = CliRunner().invoke(app, ["audit", str(model), "--detector", "neural_cleanse", "--param", "passes=2",
+                                 "--out", str(tmp_path / "nc.json")])
+    assert r.exit_code == 0, r.output
+    assert not (tmp_path / "nc.repaired.safetensors").exists()

@@ -361,4 +361,4 @@ def stratified_excess_p_value(k, n, v, m) -> float:
 
 
 __all__ = ["FrequencyDetector", "excess_p_value", "stratified_excess_p_value", "stratum_excess", "SpectrumClassifier",
-           "dct_matrix",           "dct2", "idct2", "random_patch", "random_blend"]
+           "dct_matrix", "dct2", "idct2", "random_patch", "random_blend"]

@@ -418,6 +418,9 @@ class NeuralCleanse(Detector):
         index = anomaly_index(norms, side="low")
         suspect = int(torch.argmin(norms))
         score = float(index[suspect])
+        if self.calibrate_fpr > 0 and len(norms) < 3:
+            raise ValueError(f"neural_cleanse.calibrate_fpr: the calibrated test needs at least 3 classes "
+                             f"(a median and a MAD), the model has {len(norms)}")
         threshold = (min_index_threshold(len(norms), self.calibrate_fpr) if self.calibrate_fpr > 0
                      else self.threshold)
         flagged_classes = [c for c in range(len(per_class)) if float(index[c]) > threshold]

@@ -87,12 +87,13 @@ def prune_reversed(model: nn.Module, clean: torch.Tensor, triggered: torch.Tenso
     images stamped with a reversed trigger, ``targets`` (M,) the class each one points to.
     ``model`` is not modified.
     """
-    gap = activation_gap(penultimate(model, clean), penultimate(model, triggered))
+    feats = penultimate(model, triggered)
+    gap = activation_gap(penultimate(model, clean), feats)
     order = pruning_order(gap)
     head = last_linear(model)
     max_count = int(max_fraction * gap.numel())
-    curve = success_curve(head.weight.cpu(), None if head.bias is None else head.bias.cpu(),
-                          penultimate(model, triggered), targets.cpu(), order, max_count)
+    curve = success_curve(head.weight.cpu(), None if head.bias is None else head.bias.cpu(), feats,
+                          targets.cpu(), order, max_count)
     below = (curve <= stop_success).nonzero().flatten()
     k = int(below[0]) if len(below) else max_count
     net = prune_head_inputs(model, order[:k]).eval()

@@ -205,6 +205,8 @@ def test_calibrated_verdict_controls_the_minimum_of_c(backdoored, split, eval_tr
     norms[1] = 3.0
     strong = NeuralCleanse(calibrate_fpr=0.05).verdict(_per_class(norms), 100, t)
     assert strong.flagged and strong.target == 1 and strong.figures["p_value_min"] < 0.01
+    with pytest.raises(ValueError, match="neural_cleanse.calibrate_fpr.*at least 3 classes"):
+        NeuralCleanse(calibrate_fpr=0.05).verdict(_per_class([3.0, 9.0]), 100, t)
 
 
 # -- Neural Cleanse's mitigation: pruning neurons by the reversed trigger ----------------------

@@ -393,13 +393,16 @@ def section_data(args, figures: dict) -> None:
                 base = {"acc": accuracy(model, ev), "asr": attack_success_rate(model, ev, trig)}
                 for label in names:
                     name, params = DATA_DETECTORS[label]
+                    if name == "frequency" and args.freq_val_fraction is not None:
+                        params = {**params, "val_fraction": args.freq_val_fraction}
                     clean_ref = reference if name == "frequency" else share
                     r = get_detector(name, **params).audit(audit_target(model, clean_ref, ev, ds, seed, data=data,
                                                                         poisoned=bad))
                     f = r.figures
                     row = {"seed": seed, "share": kind, "level": level, "detector": label, "flagged": r.flagged,
                            "score": r.score, "target": r.target, "recall": f.get("recall"),
-                           "clean_removed": f.get("clean_removed"), "n_poisoned": int(bad.sum()), "n": len(data),
+                           "clean_removed": f.get("clean_removed"), "p_value": f.get("p_value"),
+                           "n_poisoned": int(bad.sum()), "n": len(data),
                            "before": base}
                     if level > 0 and args.retrain and kind == "iid" and label in RETRAINED:
                         keep = torch.ones(len(data), dtype=torch.bool)
@@ -622,6 +625,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="data: 'all' or comma-separated detector names (activation_clustering, ...)")
     ap.add_argument("--local-train-epochs", type=int, default=20)
     ap.add_argument("--freq-clean", type=int, default=600, help="clean images the frequency detector trains on")
+    ap.add_argument("--freq-val-fraction", type=float, default=None,
+                    help="data section: the frequency detector's held-out share of its clean images (default: its own)")
     ap.add_argument("--no-retrain", dest="retrain", action="store_false")
     ap.add_argument("--victim-poison", type=float, default=0.03,
                     help="sanitize: fraction of each victim's data poisoned (per dataset)")

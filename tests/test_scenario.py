@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from fedsec import Scenario, ScenarioError, load_scenario
@@ -79,3 +81,14 @@ def test_roles_follow_schedule():
     assert [r for r in range(1, 9) if s.role(3, r)] == [2, 4, 6]
     assert s.role(4, 2) is None
     assert s.malicious(4) == [3] and s.malicious(5) == []
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in Path("experiments").rglob("*.toml")))
+def test_every_shipped_experiment_file_parses(path):
+    """The scenarios and sweeps the docs tell researchers to run stay valid as the schema moves."""
+    if path.startswith("experiments/bench/"):
+        from fedsec.bench.spec import load_sweep
+
+        assert load_sweep(path).cells
+    else:
+        assert load_scenario(path).server.rounds >= 1

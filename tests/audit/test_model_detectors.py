@@ -171,15 +171,20 @@ def test_unflagged_or_detection_only_models_are_not_repaired(backdoored, split, 
     assert net is None and "mitigation" not in res.figures
 
 
-def test_plugin_option_unlearns_and_saves_the_repaired_model(backdoored, digits, eval_triggers, tmp_path):
+@pytest.mark.parametrize("mitigate, saved, other, described", [
+    ("unlearn", "nc_unlearned.safetensors", "nc_pruned.safetensors", "unlearning the reversed trigger of class(es) [0"),
+    ("prune", "nc_pruned.safetensors", "nc_unlearned.safetensors", "pruning the penultimate neurons"),
+])
+def test_plugin_option_repairs_and_saves_the_repaired_model(backdoored, digits, eval_triggers, tmp_path, mitigate,
+                                                            saved, other, described):
     ctx = PluginContext(scenario=None, test=digits.test, num_classes=10, in_shape=(1, 8, 8), run_dir=tmp_path,
                         device=torch.device("cpu"), make_model=lambda: copy.deepcopy(backdoored),
                         eval_triggers=eval_triggers)
-    out = NeuralCleansePlugin(passes=40, mitigate="unlearn").on_run_end(backdoored, ctx)
-    assert out["flagged"] and out["model_file"] == "nc_unlearned.safetensors"
-    assert (tmp_path / "nc_unlearned.safetensors").is_file()
+    out = NeuralCleansePlugin(passes=40, mitigate=mitigate).on_run_end(backdoored, ctx)
+    assert out["flagged"] and out["model_file"] == saved
+    assert (tmp_path / saved).is_file() and not (tmp_path / other).exists()
     assert out["figures"]["mitigation"]["after"]["asr"]["badnets"] < 0.2
-    assert "unlearning the reversed trigger of class(es) [0" in (tmp_path / "neural_cleanse.md").read_text()
+    assert described in (tmp_path / "neural_cleanse.md").read_text()
 
 
 def _per_class(norms):
@@ -252,17 +257,6 @@ def test_prune_head_inputs_keeps_the_state_dict(backdoored):
     assert {k: v.shape for k, v in net.state_dict().items()} == {k: v.shape for k, v in backdoored.state_dict().items()}
     head = [mod for mod in backdoored.modules() if isinstance(mod, torch.nn.Linear)][-1]
     assert float(head.weight.detach()[:, 0].abs().max()) > 0  # the original keeps its weights
-
-
-def test_plugin_option_prunes_and_saves_the_repaired_model(backdoored, digits, eval_triggers, tmp_path):
-    ctx = PluginContext(scenario=None, test=digits.test, num_classes=10, in_shape=(1, 8, 8), run_dir=tmp_path,
-                        device=torch.device("cpu"), make_model=lambda: copy.deepcopy(backdoored),
-                        eval_triggers=eval_triggers)
-    out = NeuralCleansePlugin(passes=40, mitigate="prune").on_run_end(backdoored, ctx)
-    assert out["flagged"] and out["model_file"] == "nc_pruned.safetensors"
-    assert (tmp_path / "nc_pruned.safetensors").is_file() and not (tmp_path / "nc_unlearned.safetensors").exists()
-    assert out["figures"]["mitigation"]["after"]["asr"]["badnets"] < 0.2
-    assert "pruning the penultimate neurons" in (tmp_path / "neural_cleanse.md").read_text()
 
 
 # -- fine-pruning -------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ def activation_gap(clean: torch.Tensor, triggered: torch.Tensor) -> torch.Tensor
     return triggered.double().mean(0) - clean.double().mean(0)
 
 
-def pruning_order(gap: torch.Tensor) -> torch.Tensor:
+def gap_order(gap: torch.Tensor) -> torch.Tensor:
     """Neuron indices by decreasing activation gap (ties by index, a stable order)."""
     return torch.sort(-gap, stable=True).indices
 
@@ -89,7 +89,7 @@ def prune_reversed(model: nn.Module, clean: torch.Tensor, triggered: torch.Tenso
     """
     feats = penultimate(model, triggered)
     gap = activation_gap(penultimate(model, clean), feats)
-    order = pruning_order(gap)
+    order = gap_order(gap)
     head = last_linear(model)
     max_count = int(max_fraction * gap.numel())
     curve = success_curve(head.weight.cpu(), None if head.bias is None else head.bias.cpu(), feats,
@@ -102,4 +102,4 @@ def prune_reversed(model: nn.Module, clean: torch.Tensor, triggered: torch.Tenso
                  "gap_of_pruned": gap[order[:k]].tolist()}
 
 
-__all__ = ["activation_gap", "pruning_order", "success_curve", "prune_head_inputs", "prune_reversed"]
+__all__ = ["activation_gap", "gap_order", "success_curve", "prune_head_inputs", "prune_reversed"]

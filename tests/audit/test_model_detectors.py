@@ -9,11 +9,10 @@ import torch
 
 from fedsec.audit import AuditTarget, get_detector
 from fedsec.audit.bitflip_deploy import DeployAttack, progressive_bit_search, quantized_copy
-from fedsec.audit.features import last_conv
+from fedsec.audit.features import last_conv, last_linear
 from fedsec.audit.fine_pruning import FinePruning, prune_channels, pruning_order
 from fedsec.audit.neural_cleanse import NeuralCleanse, _Schedule, _smallest, from_tanh, stamp, stamp_many, to_tanh
-from fedsec.audit.neuron_pruning import activation_gap, prune_head_inputs, success_curve
-from fedsec.audit.neuron_pruning import pruning_order as gap_order
+from fedsec.audit.neuron_pruning import activation_gap, gap_order, prune_head_inputs, success_curve
 from fedsec.audit.plugins import NeuralCleansePlugin
 from fedsec.audit.unlearning import unlearning_set
 from fedsec.data import TensorData
@@ -247,7 +246,7 @@ def test_neuron_pruning_removes_the_backdoor(backdoored, split, eval_triggers):
     assert m["reversed_success_curve"][0] > 0.9 and m["reversed_success_curve"][k] <= 0.05
     assert m["before"]["asr"]["badnets"] > 0.9 and m["after"]["asr"]["badnets"] < 0.2  # the real trigger too
     assert m["after"]["acc"] > 0.7  # the cost, measured: 96.1% -> 85.0% on this 32-neuron fixture
-    head = [mod for mod in net.modules() if isinstance(mod, torch.nn.Linear)][-1]
+    head = last_linear(net)
     assert float(head.weight.detach()[:, m["pruned"]].abs().max()) == 0
     assert all(torch.equal(before[key], v) for key, v in backdoored.state_dict().items())  # not in place
 
@@ -255,7 +254,7 @@ def test_neuron_pruning_removes_the_backdoor(backdoored, split, eval_triggers):
 def test_prune_head_inputs_keeps_the_state_dict(backdoored):
     net = prune_head_inputs(backdoored, torch.tensor([0, 2]))
     assert {k: v.shape for k, v in net.state_dict().items()} == {k: v.shape for k, v in backdoored.state_dict().items()}
-    head = [mod for mod in backdoored.modules() if isinstance(mod, torch.nn.Linear)][-1]
+    head = last_linear(backdoored)
     assert float(head.weight.detach()[:, 0].abs().max()) > 0  # the original keeps its weights
 
 
